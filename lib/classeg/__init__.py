@@ -1,0 +1,2 @@
+"""classeg: Class-Seg brain-MRI pipeline on Spark."""
+__version__ = "0.1.0"

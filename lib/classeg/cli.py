@@ -1,0 +1,162 @@
+"""The `classeg` command. Each subcommand parses its flags, loads the config, builds the SparkSession through
+the one factory when it needs Spark, and calls the library. `spark-submit jobs/<job>.py` runs the same code
+with the same flags.
+
+Flags are shorthands for config keys (``--epochs 3`` is ``--set train.epochs=3``); ``--conf FILE`` overlays a
+YAML file and ``--set key=value`` (repeatable) sets any key. Precedence: default < --conf < flags < --set.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from classeg import __version__
+from classeg.config import ConfigError, load_config
+
+log = logging.getLogger("classeg")
+
+
+class JobFailed(RuntimeError):
+    """A job ran but its outcome is a failure (error rate exceeded, nothing usable found)."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conf", action="append", default=[], metavar="FILE",
+                        help="YAML config overlay (repeatable, later wins)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override any config key, e.g. --set train.lr=0.0003 (repeatable)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _key(parser, flag: str, key: str, **kw) -> None:
+    """A flag that sets config key ``key``."""
+    parser.add_argument(flag, dest=f"cfg:{key}", default=None, **kw)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.7,0.15,0.15, got {text!r}") from err
+
+
+def _command(module: str, function: str) -> Callable:
+    def run(args, cfg):
+        return getattr(importlib.import_module(module), function)(args, cfg)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="classeg", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"classeg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in a real on-disk layout")
+    p.add_argument("--layout", required=True, choices=["lgg", "figshare", "folders", "archive"])
+    p.add_argument("--output", required=True, help="folder to write (created)")
+    p.add_argument("--patients", type=int, default=None, help="number of patients (lgg, figshare)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=None, help="side of generated images (default: the layout's)")
+    _common(p)
+    p.set_defaults(run=_command("classeg.commands", "synth"))
+
+    p = sub.add_parser("ingest", help="convert a scan dataset to the Parquet scan table")
+    _key(p, "--dataset", "ingest.dataset", choices=["lgg", "figshare", "folders"], help="dataset layout")
+    _key(p, "--input", "ingest.input", help="dataset root: local path, file:// or s3:// URI")
+    _key(p, "--output", "ingest.output", help="scan table location (replaced whole on success)")
+    _key(p, "--image-size", "ingest.image_size", type=int, help="canonical image side in pixels (default 256)")
+    _key(p, "--seed", "ingest.seed", type=int, help="split seed (default 0)")
+    _key(p, "--split", "ingest.split", type=_floats, help="train,val,test fractions (default 0.7,0.15,0.15)")
+    _key(p, "--max-error-rate", "ingest.max_error_rate", type=float,
+         help="fail when more than this fraction of files are bad (default 0.01)")
+    _common(p)
+    p.set_defaults(run=_command("classeg.commands", "ingest"))
+
+    p = sub.add_parser("train", help="train a classifier or segmenter across Spark workers")
+    _key(p, "--task", "train.task", choices=["classify", "segment"])
+    _key(p, "--scans", "train.scans", help="scan table (ingest output)")
+    _key(p, "--output", "train.output", help="where runs, checkpoints and the model artifact go")
+    _key(p, "--engine", "train.engine", choices=["horovod", "torch"], help="default horovod")
+    _key(p, "--num-proc", "train.num_proc", type=int, help="training processes (default 2)")
+    _key(p, "--arch", "train.arch", choices=["resnet18", "resnet50"])
+    _key(p, "--head", "train.head", choices=["linear", "dense"])
+    _key(p, "--strategy", "train.strategy", choices=["frozen", "partial", "finetune"])
+    _key(p, "--weights", "train.weights", help="torchvision state dict path/s3 URI, or imagenet")
+    _key(p, "--epochs", "train.epochs", type=int)
+    _key(p, "--batch-size", "train.batch_size", type=int, help="per process")
+    _key(p, "--image-size", "train.image_size", type=int, help="model input side")
+    _key(p, "--lr", "train.lr", type=float)
+    _key(p, "--run-id", "train.run_id", help="same id resumes from the last checkpoint")
+    _common(p)
+    p.set_defaults(run=_command("classeg.commands", "train"))
+
+    p = sub.add_parser("evaluate", help="evaluate a model artifact on a scan table")
+    p.add_argument("--model", required=True, help="model artifact directory (local or s3://)")
+    p.add_argument("--scans", required=True, help="scan table")
+    p.add_argument("--output", required=True, help="where metrics.json and plots go")
+    p.add_argument("--split", default="test", help="split to evaluate (default test; 'all' for every row)")
+    _common(p)
+    p.set_defaults(run=_command("classeg.commands", "evaluate"))
+
+    p = sub.add_parser("score", help="classify every scan in an archive and segment the tumours")
+    _key(p, "--archive", "score.archive", help="s3://bucket/prefix or a local folder")
+    _key(p, "--classifier", "score.classifier", help="classifier artifact")
+    _key(p, "--segmenter", "score.segmenter", help="segmenter artifact (optional)")
+    _key(p, "--output", "score.output", help="scores table root (partitioned by run date)")
+    _key(p, "--batch-size", "score.batch_size", type=int)
+    _key(p, "--tumor-threshold", "score.tumor_threshold", type=float)
+    _key(p, "--mask-threshold", "score.mask_threshold", type=float)
+    _key(p, "--max-error-rate", "score.max_error_rate", type=float)
+    p.add_argument("--full", dest="cfg:score.full", action="store_const", const=True, default=None,
+                   help="rescore everything, ignoring the manifest")
+    _common(p)
+    p.set_defaults(run=_command("classeg.commands", "score"))
+
+    p = sub.add_parser("report", help="write report/index.html from pipeline outputs")
+    p.add_argument("--workdir", required=True, help="the demo/pipeline work directory")
+    p.add_argument("--output", default=None, help="report folder (default WORKDIR/report)")
+    _common(p)
+    p.set_defaults(run=_command("classeg.commands", "report"))
+
+    p = sub.add_parser("demo", help="run the whole pipeline locally on synthetic scans")
+    p.add_argument("--workdir", default="demo-output", help="work directory (default ./demo-output)")
+    _common(p)
+    p.set_defaults(run=_command("classeg.commands", "demo"))
+
+    try:
+        emr = importlib.import_module("classeg.emr")
+    except ImportError:  # boto3 missing: the EMR commands are simply unavailable
+        emr = None
+    if emr is not None and hasattr(emr, "add_cli"):
+        emr.add_cli(sub, _common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    values = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    try:
+        cfg = load_config(args.conf, args.overrides, values)
+    except (ConfigError, FileNotFoundError) as err:
+        parser.exit(2, f"classeg {args.command}: config error: {err}\n")
+    try:
+        result = args.run(args, cfg)
+    except (ConfigError, ValueError, FileNotFoundError, JobFailed) as err:
+        log.error("%s failed: %s", args.command, err)
+        print(f"classeg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Dataset layouts (one module each) and the synthetic scan generator."""

@@ -1,0 +1,49 @@
+"""Folder-per-class layout (e.g. Kaggle "brain-tumor-mri-images-44c", yes/no and 4-class sets).
+
+The label is the parent folder's name, kept verbatim (spaces, ``+``, Portuguese/Spanish spellings). Optional
+``Training/`` and ``Testing/`` top folders are honoured as the split. There are no patient ids, so no
+patient-level split is possible (the ingest summary says so). The contrast in a 44c class name (T1, T1C+, T2)
+is parsed into ``sequence``.
+"""
+from __future__ import annotations
+
+import re
+
+from classeg import imaging
+from classeg.datasets.common import META_NAMES, base_record
+
+DATASET = "folders"
+SPLIT_FOLDERS = {"training": "train", "train": "train", "testing": "test", "test": "test",
+                 "validation": "val", "val": "val"}
+_CONTRAST = re.compile(r"(?:^|[\s_-])(T1C\+|T1|T2|FLAIR)$", re.IGNORECASE)
+
+
+def sequence_of(class_name: str) -> str | None:
+    """``'Astrocitoma T1C+'`` -> ``'T1C+'``; ``'glioma'`` -> None."""
+    match = _CONTRAST.search(class_name.strip())
+    return match.group(1).upper() if match else None
+
+
+def parse_path(relpath: str) -> dict:
+    parts = relpath.split("/")
+    name = parts[-1]
+    if name.lower() in META_NAMES:
+        return base_record(kind="meta")
+    if not name.lower().endswith(imaging.IMAGE_EXTENSIONS):
+        return base_record(kind="error", reason="not_a_scan")
+    split_hint = None
+    folders = parts[:-1]
+    if folders and folders[0].lower() in SPLIT_FOLDERS and len(folders) >= 2:
+        split_hint = SPLIT_FOLDERS[folders[0].lower()]
+    if not folders or (split_hint and len(folders) < 2):
+        return base_record(kind="error", reason="no_class_folder")
+    class_name = folders[-1]
+    return base_record(kind="image", key=relpath, label_name=class_name, sequence=sequence_of(class_name),
+                       split_hint=split_hint)
+
+
+def decode(relpath: str, data: bytes, *, image_size: int) -> dict:
+    array = imaging.decode_pil(data, relpath)
+    height, width = array.shape[:2]
+    return {"image": imaging.encode_png(imaging.canonical(array, image_size)),
+            "orig_height": height, "orig_width": width}

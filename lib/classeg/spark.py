@@ -1,0 +1,65 @@
+"""The one SparkSession factory.
+
+Locally it builds ``local[*]`` (or ``spark.master`` from config); under ``spark-submit`` (EMR, YARN) the master
+and resources chosen there win, and only settings the job needs are added. Never called at import time and
+never on an executor.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from classeg.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def ensure_driver(what: str) -> None:
+    """Raise RuntimeError if called inside a Spark task: ``what`` must run on the driver only."""
+    from pyspark import TaskContext
+
+    if TaskContext.get() is not None:
+        raise RuntimeError(f"{what} must run on the Spark driver, not inside a task")
+
+
+def _submitted() -> bool:
+    # spark-submit sets spark.master in the JVM conf it launches the driver with.
+    return "SPARK_SUBMIT" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT") is not None
+
+
+def get_spark(cfg: Config, *, app_name: str | None = None):
+    """Return the active SparkSession, creating it from ``cfg.spark`` if there is none.
+
+    Settings: Arrow enabled with ``spark.arrow_batch_size`` records per batch, Python worker reuse,
+    shuffle partitions, the UI off locally unless ``spark.ui``, and ``spark.extra`` passed through verbatim.
+    Python workers use this interpreter unless ``PYSPARK_PYTHON`` says otherwise.
+    """
+    ensure_driver("get_spark")
+    from pyspark.sql import SparkSession
+
+    spark_cfg = cfg.spark
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name or spark_cfg.app_name)
+    if not _submitted():
+        builder = builder.master(spark_cfg.master)
+        builder = builder.config("spark.ui.enabled", str(bool(spark_cfg.ui)).lower())
+        builder = builder.config("spark.driver.memory", os.environ.get("CLASSEG_DRIVER_MEMORY", "4g"))
+    settings = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark_cfg.arrow_batch_size),
+        "spark.python.worker.reuse": str(bool(spark_cfg.python_worker_reuse)).lower(),
+        "spark.sql.shuffle.partitions": str(spark_cfg.shuffle_partitions),
+        "spark.sql.parquet.compression.codec": "snappy",
+        # A failed write must not leave a table that looks complete: Spark's committer writes _SUCCESS last.
+        "spark.sql.sources.partitionOverwriteMode": "static",
+    }
+    settings.update({str(k): str(v) for k, v in (spark_cfg.extra or {}).items()})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("CLASSEG_SPARK_LOG_LEVEL", "WARN"))
+    log.info("Spark %s, master %s, default parallelism %d", spark.version, spark.sparkContext.master,
+             spark.sparkContext.defaultParallelism)
+    return spark
