@@ -5,19 +5,20 @@ s3://). Transform: each file is classified from its path (``parse_listing``), du
 before any decoding, the remaining files are decoded in executors (``decode_frame``: decode, resize to the
 canonical size, PNG-encode), images are paired with their masks and labelled (``assemble``), and groups are
 dealt into splits (``split.assign_splits``). Load: the scan table partitioned by ``split``, an errors table in
-``_errors/`` and ``_summary.json`` written last; a table without its summary is incomplete.
+``errors/`` and ``summary.json`` written last, all under the output folder; a table without its summary is
+incomplete.
 
 Every listed file ends in exactly one place: a scan row (as its image or its mask) or an errors-table row
 (``severity`` 'error' for bad input, 'skipped' for duplicates, metadata and partners of failed files).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from functools import partial
 from types import ModuleType
 
 import pandas as pd
@@ -31,9 +32,13 @@ from classeg.imaging import DecodeError
 log = logging.getLogger(__name__)
 
 LAYOUTS: dict[str, ModuleType] = {"lgg": lgg, "figshare": figshare, "folders": folders}
-SUMMARY_NAME = "_summary.json"
-ERRORS_DIR = "_errors"
-FAILURE_DIR = "_last_failure"
+# The output URI is a folder: scans/ (the scan table, partitioned by split), errors/ (one row per file that did
+# not become a scan, with severity and reason), summary.json (written last: its presence marks a complete run)
+# and last_failure/ (errors and summary of a run that failed its checks). No leading "_": Spark hides those.
+SCANS_DIR = "scans"
+ERRORS_DIR = "errors"
+SUMMARY_NAME = "summary.json"
+FAILURE_DIR = "last_failure"
 
 PARSED_FIELDS = [("path", "string"), ("relpath", "string"), ("kind", "string"), ("key", "string"),
                  ("patient_id", "string"), ("slice_index", "int"), ("label", "int"), ("label_name", "string"),
@@ -42,6 +47,8 @@ DECODED_FIELDS = PARSED_FIELDS + [("detail", "string"), ("image", "binary"), ("m
                                   ("has_tumor", "boolean"), ("orig_height", "int"), ("orig_width", "int"),
                                   ("folds", "array<int>")]
 ERROR_COLUMNS = ["source_uri", "relpath", "severity", "reason", "detail"]
+SCAN_COLUMNS = ["scan_id", "dataset", "source_uri", "mask_source_uri", "patient_id", "slice_index", "sequence",
+                "label", "label_name", "image", "mask", "has_tumor", "orig_height", "orig_width", "split", "fold"]
 
 
 def _ddl(fields) -> str:
@@ -104,168 +111,178 @@ def _map_partitions(function, **kwargs):
     return run
 
 
+def plan_files(parsed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one file per (kind, key), the one with the shortest then smallest path (the top-level copy of the
+    LGG archive). Returns (to_decode, issues): image/mask/folds files to decode, and issue rows for
+    duplicates, metadata files and files rejected from their path alone."""
+    parsed = parsed.assign(_len=parsed["path"].str.len()).sort_values(["_len", "path"], kind="mergesort")
+    keyed = parsed["key"].notna()
+    duplicate = keyed & parsed.duplicated(["kind", "key"], keep="first")
+    issues = [_issues(parsed[duplicate], "skipped", "duplicate",
+                      "same slice as another copy in the archive (kept the shortest path)"),
+              _issues(parsed[~duplicate & (parsed["kind"] == "meta")], "skipped", "metadata",
+                      "dataset metadata or hidden file, not a scan"),
+              _issues(parsed[parsed["kind"] == "error"], "error", None,
+                      "not a file of this dataset layout (judged from its name)")]
+    to_decode = parsed[~duplicate & parsed["kind"].isin(["image", "mask", "folds"])].drop(columns="_len")
+    return to_decode.sort_values("path").reset_index(drop=True), pd.concat(issues, ignore_index=True)
+
+
+def _issues(frame: pd.DataFrame, severity: str, reason: str | None, detail: str | None) -> pd.DataFrame:
+    """Issue rows for the files of ``frame``; ``reason``/``detail`` None take the frame's own columns."""
+    own_detail = frame["detail"].to_numpy() if "detail" in frame else None
+    return pd.DataFrame({"source_uri": frame["path"].to_numpy(), "relpath": frame["relpath"].to_numpy(),
+                         "severity": severity,
+                         "reason": reason if reason is not None else frame["reason"].to_numpy(),
+                         "detail": detail if detail is not None else own_detail}, columns=ERROR_COLUMNS)
+
+
+def resolve(meta: pd.DataFrame, *, dataset: str, fractions, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list]:
+    """Turn decoded-file metadata into scans. ``meta`` has DECODED_FIELDS minus image/mask (one row per decoded
+    file, ``reason`` set where decoding failed). Returns (units, issues, class_names): one unit per scan with
+    ``scan_id``, ``image_path``, ``mask_path``, patient, label, split and fold; issue rows for failed, orphaned
+    and partner-failed files. Pure pandas: no pixels pass through here."""
+    ok = meta["reason"].isna()
+    issues = [_issues(meta[~ok], "error", None, None)]
+    images = meta[(meta["kind"] == "image") & ok].copy()
+    if dataset == "lgg":
+        masks = meta[meta["kind"] == "mask"]
+        all_images = meta[meta["kind"] == "image"]
+        ok_masks = masks[masks["reason"].isna()]
+        units = images.merge(ok_masks[["key", "path", "has_tumor"]].rename(
+            columns={"path": "mask_path", "has_tumor": "mask_has_tumor"}), on="key")
+        units["has_tumor"] = units["mask_has_tumor"].astype(bool)
+        units["label"] = units["has_tumor"].astype(int)
+        units["label_name"] = units["label"].map(dict(enumerate(lgg.LABEL_NAMES)))
+        failed_mask_keys = set(masks.loc[masks["reason"].notna(), "key"])
+        failed_image_keys = set(all_images.loc[all_images["reason"].notna(), "key"])
+        issues += [
+            _issues(images[~images["key"].isin(masks["key"])], "error", "image_without_mask",
+                    "no <name>_mask.tif beside this slice"),
+            _issues(ok_masks[~ok_masks["key"].isin(all_images["key"])], "error", "mask_without_image",
+                    "no slice image for this mask"),
+            _issues(images[images["key"].isin(failed_mask_keys)], "skipped", "partner_failed",
+                    "its mask could not be decoded (see the mask's error row)"),
+            _issues(ok_masks[ok_masks["key"].isin(failed_image_keys)], "skipped", "partner_failed",
+                    "its image could not be decoded (see the image's error row)")]
+        units["fold"] = None
+        class_names = list(lgg.LABEL_NAMES)
+    elif dataset == "figshare":
+        folds = meta[(meta["kind"] == "folds") & ok].sort_values("path")
+        fold_of: dict[str, int] = {}
+        if len(folds):
+            fold_of = {str(i + 1): int(f) for i, f in enumerate(folds.iloc[0]["folds"])}
+            issues += [_issues(folds.iloc[:1], "skipped", "folds", "official patient-wise folds (the fold column)"),
+                       _issues(folds.iloc[1:], "skipped", "duplicate", "another cvind.mat was used")]
+        units = images.assign(mask_path=images["path"])
+        units["fold"] = units["key"].map(fold_of)
+        class_names = list(figshare.LABEL_NAMES)
+    else:
+        class_names = sorted(images["label_name"].unique())
+        units = images.assign(mask_path=None)
+        units["label"] = units["label_name"].map({n: i for i, n in enumerate(class_names)})
+        no_tumor = {n for n in class_names
+                    if n.lower().strip("_ ").startswith("normal") or n.lower() in NO_TUMOR_CLASS_NAMES}
+        units["has_tumor"] = (~units["label_name"].isin(no_tumor)) if no_tumor else None
+        units["fold"] = None
+    units = units.rename(columns={"path": "image_path"})
+    columns = ["scan_id", "key", "image_path", "mask_path", "patient_id", "slice_index", "sequence", "label",
+               "label_name", "has_tumor", "split", "fold"]
+    if units.empty:
+        return pd.DataFrame(columns=columns), pd.concat(issues, ignore_index=True), class_names
+    units["scan_id"] = [hashlib.sha1(f"{dataset}:{key}".encode()).hexdigest()[:16] for key in units["key"]]
+    units["group_id"] = units["patient_id"].where(units["patient_id"].notna(), "scan:" + units["scan_id"])
+    units = units.merge(_assign_groups(units, fractions=fractions, seed=seed), on="group_id")
+    return units[columns].reset_index(drop=True), pd.concat(issues, ignore_index=True), class_names
+
+
+def _assign_groups(units: pd.DataFrame, *, fractions, seed: int) -> pd.DataFrame:
+    """Split groups (patients, or single scans); a group's stratum is its majority label (ties: lower)."""
+    counts = units.groupby(["group_id", "label"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["group_id", "n", "label"], ascending=[True, False, True])
+    groups = counts.drop_duplicates("group_id")[["group_id", "label"]].rename(columns={"label": "stratum"})
+    hints = units.groupby("group_id")["split_hint"].first().rename("split_hint").reset_index()
+    groups = groups.merge(hints, on="group_id")
+    return splitting.assign_splits(groups, fractions=fractions, seed=seed)
+
+
+NO_TUMOR_CLASS_NAMES = ("no", "notumor", "no_tumor", "no tumor", "normal", "healthy")
+
+
 # ---------------------------------------------------------------------------------------------- Spark stages
+_GLOB_CHARS = "\\{}[]*?"
+
+
+def glob_escape(path: str) -> str:
+    """Escape Hadoop glob characters so a literal path is not read as a pattern."""
+    return "".join("\\" + ch if ch in _GLOB_CHARS else ch for ch in path)
+
+
+def _underscore_entries(fs, jvm, base: str, max_depth: int) -> list[str]:
+    """Paths under ``base`` whose name starts with ``_`` (without ``=``): Spark's file index hides them as
+    "metadata", but datasets use such names (44c's ``_NORMAL T1``). One glob per depth level."""
+    found: list[str] = []
+    for depth in range(max_depth):
+        pattern = glob_escape(base) + "/*" * depth + "/_*"
+        for status in fs.globStatus(jvm.org.apache.hadoop.fs.Path(pattern)) or []:
+            if "=" in status.getPath().getName():
+                continue
+            path = status.getPath().toString()
+            found.append(path)
+            if status.isDirectory():  # Spark lists it when named explicitly, but hides its own _ children
+                found += _underscore_entries(fs, jvm, path, max_depth)
+    return found
+
+
 def list_files(spark, input_uri: str):
-    """Extract: (qualified root, DataFrame of path, length, modificationTime, content) for every file under
-    ``input_uri``. ``content`` is only read by stages that select it."""
+    """Extract: (qualified root, binaryFile DataFrame of path, length, modificationTime, content) for every
+    file under ``input_uri``. ``content`` is only read by stages that select it. Names starting with ``_`` are
+    added explicitly (Spark's listing hides them); names starting with ``.`` (OS litter) are not read."""
     jvm = spark._jvm
     hadoop_path = jvm.org.apache.hadoop.fs.Path(input_uri)
     fs = hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration())
     if not fs.exists(hadoop_path):
         raise FileNotFoundError(f"dataset input {input_uri!r} does not exist")
     root = fs.makeQualified(hadoop_path).toString()
-    raw = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
-    return root, raw
+    reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+    if not fs.getFileStatus(hadoop_path).isDirectory():
+        return root.rsplit("/", 1)[0], reader.load(glob_escape(root))
+    hidden = _underscore_entries(fs, jvm, root, max_depth=6)
+    return root, reader.load([glob_escape(root)] + [glob_escape(p) for p in hidden])
 
 
-def classify_files(listing, *, dataset: str, root: str):
-    """Transform: listing (path, ...) -> PARSED_FIELDS rows."""
-    return listing.select("path").mapInPandas(_map_partitions(parse_listing, dataset=dataset, root=root),
-                                              schema=_ddl(PARSED_FIELDS))
-
-
-def drop_duplicates(parsed):
-    """Transform: keep one file per (kind, key), the one with the shortest then smallest path (the top-level
-    copy of the LGG archive); return (unique, duplicates). Rows without a key are all unique."""
-    from pyspark.sql import Window, functions as F
-
-    rank = F.row_number().over(Window.partitionBy("kind", "key").orderBy(F.length("path"), "path"))
-    ranked = parsed.withColumn("_rank", F.when(F.col("key").isNull(), F.lit(1)).otherwise(rank))
-    return (ranked.where("_rank = 1").drop("_rank"), ranked.where("_rank > 1").drop("_rank"))
-
-
-def decode_files(raw, unique, *, dataset: str, image_size: int):
-    """Transform: decode the files of ``unique`` whose kind needs it (reading content only for those)."""
+def decode_files(spark, raw, to_decode: pd.DataFrame, *, dataset: str, image_size: int):
+    """Transform: decode the planned files in executors, reading content only for them."""
     from pyspark.sql import functions as F
 
-    wanted = unique.where(F.col("kind").isin("image", "mask", "folds"))
+    wanted = spark.createDataFrame(to_decode, schema=_ddl(PARSED_FIELDS))
     with_content = raw.select("path", "content").join(F.broadcast(wanted), "path")
-    decoded = with_content.mapInPandas(
-        _map_partitions(decode_frame, dataset=dataset, image_size=image_size), schema=_ddl(DECODED_FIELDS))
-    others = unique.where(~F.col("kind").isin("image", "mask", "folds"))
-    for name, kind in DECODED_FIELDS:
-        if name not in others.columns:
-            others = others.withColumn(name, F.lit(None).cast(kind))
-    return decoded.unionByName(others)
+    return with_content.mapInPandas(_map_partitions(decode_frame, dataset=dataset, image_size=image_size),
+                                    schema=_ddl(DECODED_FIELDS))
 
 
-def _error_rows(frame, severity: str, reason=None, detail=None):
+def build_scans(spark, decoded, units: pd.DataFrame, *, dataset: str):
+    """Transform: decoded pixels + resolved units -> scan rows (SCAN_COLUMNS). Only image bytes move through
+    here; LGG masks are small PNGs and are broadcast unless there are very many."""
     from pyspark.sql import functions as F
 
-    return frame.select(F.col("path").alias("source_uri"), "relpath", F.lit(severity).alias("severity"),
-                        (F.lit(reason) if reason else F.col("reason")).alias("reason"),
-                        (F.lit(detail) if detail else F.col("detail")).alias("detail"))
-
-
-def assemble(decoded, duplicates, *, dataset: str):
-    """Transform: decoded files -> (scans without split, errors). Pairs LGG images with masks, joins
-    figshare folds, and accounts for every file exactly once."""
-    from pyspark.sql import functions as F
-
-    ok = F.col("reason").isNull()
-    failed = decoded.where((F.col("kind") != "meta") & ~ok)
-    errors = [_error_rows(failed, "error"),
-              _error_rows(decoded.where(F.col("kind") == "meta"), "skipped", "metadata",
-                          "dataset metadata or hidden file, not a scan"),
-              _error_rows(duplicates.withColumn("detail", F.lit(None).cast("string")), "skipped", "duplicate",
-                          "same slice as another copy in the archive (kept the shortest path)")]
-    images = decoded.where((F.col("kind") == "image") & ok)
+    unit_schema = ("scan_id string, key string, image_path string, mask_path string, patient_id string, "
+                   "slice_index int, sequence string, label int, label_name string, has_tumor boolean, "
+                   "split string, fold int")
+    unit_frame = spark.createDataFrame(units.astype(object).where(units.notna(), None), schema=unit_schema)
+    images = decoded.where((F.col("kind") == "image") & F.col("reason").isNull()).select(
+        F.col("path").alias("image_path"), "image", "orig_height", "orig_width",
+        *([F.col("mask")] if dataset == "figshare" else []))
+    scans = images.join(F.broadcast(unit_frame), "image_path")
     if dataset == "lgg":
-        masks = decoded.where(F.col("kind") == "mask")
-        all_images = decoded.where(F.col("kind") == "image")
-        ok_masks = masks.where(ok)
-        paired = images.alias("i").join(ok_masks.alias("m"), "key")
-        scans = paired.select(
-            "key", F.col("i.path").alias("source_uri"), F.col("m.path").alias("mask_source_uri"),
-            F.col("i.patient_id"), F.col("i.slice_index"), F.col("i.sequence"),
-            F.col("m.has_tumor").cast("int").alias("label"),
-            F.when(F.col("m.has_tumor"), F.lit(lgg.LABEL_NAMES[1])).otherwise(F.lit(lgg.LABEL_NAMES[0]))
-             .alias("label_name"),
-            F.col("i.image"), F.col("m.mask"), F.col("m.has_tumor"), F.col("i.orig_height"),
-            F.col("i.orig_width"), F.lit(None).cast("string").alias("split_hint"),
-            F.lit(None).cast("int").alias("fold"))
-        failed_masks = masks.where(~ok)
-        errors += [
-            _error_rows(images.join(masks, "key", "left_anti"), "error", "image_without_mask",
-                        "no <name>_mask.tif beside this slice"),
-            _error_rows(ok_masks.join(all_images, "key", "left_anti"), "error", "mask_without_image",
-                        "no slice image for this mask"),
-            _error_rows(images.join(failed_masks.select("key"), "key", "left_semi"), "skipped", "partner_failed",
-                        "its mask could not be decoded (see the mask's error row)"),
-            _error_rows(ok_masks.join(all_images.where(~ok).select("key"), "key", "left_semi"), "skipped",
-                        "partner_failed", "its image could not be decoded (see the image's error row)")]
-        return scans, _union(errors)
-    if dataset == "figshare":
-        folds_files = decoded.where((F.col("kind") == "folds") & ok).orderBy(F.length("path"), "path")
-        fold_rows = folds_files.limit(1).select(F.posexplode("folds").alias("position", "fold")).select(
-            (F.col("position") + 1).cast("string").alias("key"), "fold")
-        used = folds_files.limit(1).select("path")
-        errors += [_error_rows(folds_files.join(used, "path", "left_anti"), "skipped", "duplicate",
-                               "another cvind.mat was used"),
-                   _error_rows(folds_files.join(used, "path", "left_semi"), "skipped", "folds",
-                               "official patient-wise folds, used for the fold column")]
-        scans = images.join(fold_rows, "key", "left").select(
-            "key", F.col("path").alias("source_uri"), F.col("path").alias("mask_source_uri"), "patient_id",
-            "slice_index", "sequence", "label", "label_name", "image", "mask", "has_tumor", "orig_height",
-            "orig_width", F.lit(None).cast("string").alias("split_hint"), "fold")
-        return scans, _union(errors)
-    scans = images.select(
-        "key", F.col("path").alias("source_uri"), F.lit(None).cast("string").alias("mask_source_uri"),
-        "patient_id", "slice_index", "sequence", "label", "label_name", "image", "mask",
-        F.lit(None).cast("boolean").alias("has_tumor"), "orig_height", "orig_width", "split_hint",
-        F.lit(None).cast("int").alias("fold"))
-    return scans, _union(errors)
-
-
-def _union(frames):
-    out = frames[0]
-    for frame in frames[1:]:
-        out = out.unionByName(frame)
-    return out
-
-
-NO_TUMOR_CLASS_NAMES = ("no", "notumor", "no_tumor", "no tumor", "normal", "healthy")
-
-
-def label_folders(spark, scans):
-    """Transform (folders layout): label = index of the class name in sorted order of the classes present.
-    Returns (scans, class names). Collects only the distinct class names."""
-    from pyspark.sql import functions as F
-
-    names = sorted(r.label_name for r in scans.select("label_name").distinct().collect())
-    lookup = spark.createDataFrame([(n, i) for i, n in enumerate(names)], "label_name string, label_idx int")
-    labelled = scans.join(F.broadcast(lookup), "label_name").withColumn("label", F.col("label_idx")).drop(
-        "label_idx")
-    no_tumor = {n for n in names if n.lower().strip("_ ").startswith("normal") or
-                n.lower() in NO_TUMOR_CLASS_NAMES}
-    labelled = labelled.withColumn("has_tumor", ~F.col("label_name").isin(list(no_tumor)) if no_tumor
-                                   else F.lit(None).cast("boolean"))
-    return labelled, names
-
-
-def add_splits(scans, *, dataset: str, fractions, seed: int):
-    """Transform: add ``scan_id``, ``dataset`` and ``split``. Groups are patients where known, else scans;
-    a group's stratum is its majority label; groups are dealt by ``split.assign_splits`` in one task."""
-    from pyspark.sql import functions as F
-
-    scans = scans.withColumn("scan_id", F.substring(F.sha1(F.concat_ws(":", F.lit(dataset), "key")), 1, 16))
-    scans = scans.withColumn("group_id", F.coalesce(F.col("patient_id"), F.concat(F.lit("scan:"), "scan_id")))
-    per_label = scans.groupBy("group_id", "label").agg(F.count("*").alias("n"),
-                                                       F.first("split_hint", ignorenulls=True).alias("hint"))
-    majority = F.max(F.struct("n", (-F.col("label")).alias("neg"))).alias("best")
-    groups = per_label.groupBy("group_id").agg(majority, F.first("hint", ignorenulls=True).alias("split_hint"))
-    groups = groups.select("group_id", (-F.col("best.neg")).alias("stratum"), "split_hint")
-
-    def deal_all(frame: pd.DataFrame) -> pd.DataFrame:
-        return splitting.assign_splits(frame, fractions=fractions, seed=seed)
-
-    assigned = groups.withColumn("_one", F.lit(0)).groupBy("_one").applyInPandas(
-        lambda frame: deal_all(frame.drop(columns=["_one"])), schema="group_id string, split string")
-    return scans.join(assigned, "group_id").drop("group_id", "split_hint")
-
-
-SCAN_COLUMNS = ["scan_id", "dataset", "source_uri", "mask_source_uri", "patient_id", "slice_index", "sequence",
-                "label", "label_name", "image", "mask", "has_tumor", "orig_height", "orig_width", "split", "fold"]
+        masks = decoded.where((F.col("kind") == "mask") & F.col("reason").isNull()).select(
+            F.col("path").alias("mask_path"), "mask")
+        scans = scans.join(F.broadcast(masks) if len(units) <= 200_000 else masks, "mask_path")
+    elif dataset == "folders":
+        scans = scans.withColumn("mask", F.lit(None).cast("binary"))
+    return scans.select(F.col("image_path").alias("source_uri"), F.col("mask_path").alias("mask_source_uri"),
+                        F.lit(dataset).alias("dataset"), *[c for c in SCAN_COLUMNS if c not in (
+                            "source_uri", "mask_source_uri", "dataset")])
 
 
 # ---------------------------------------------------------------------------------------------- load helpers
@@ -284,11 +301,22 @@ def write_text(spark, uri: str, text: str) -> None:
         stream.close()
 
 
+def delete_path(spark, uri: str) -> None:
+    """Delete a file or folder (recursively) if it exists."""
+    path, fs = _hadoop_fs(spark, uri)
+    if fs.exists(path):
+        fs.delete(path, True)
+
+
 def read_text(spark, uri: str) -> str:
     path, fs = _hadoop_fs(spark, uri)
     if not fs.exists(path):
         raise FileNotFoundError(uri)
-    return "\n".join(spark.sparkContext.textFile(uri, 1).collect())
+    stream = fs.open(path)  # not textFile: Hadoop input formats hide files whose names start with "_"
+    try:
+        return spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
 
 
 def read_scan_table(spark, uri: str):
@@ -303,15 +331,24 @@ def read_scan_table(spark, uri: str):
     except FileNotFoundError:
         raise ValueError(f"scan table {uri!r} is incomplete (no {SUMMARY_NAME}): its ingest failed or was "
                          f"interrupted; run ingest again") from None
-    return spark.read.parquet(uri), summary
+    return spark.read.parquet(f"{uri.rstrip('/')}/{SCANS_DIR}"), summary
+
+
+def read_errors(spark, uri: str):
+    """The errors table of a scan table folder."""
+    return spark.read.parquet(f"{uri.rstrip('/')}/{ERRORS_DIR}")
 
 
 # ---------------------------------------------------------------------------------------------- the job
 def run_ingest(spark, cfg: Config) -> dict:
     """Run the ingest job described by ``cfg.ingest``; return the summary. Raises JobFailed (from
-    classeg.cli) when nothing usable was found or the error rate passes ``max_error_rate``."""
+    classeg.cli) when nothing usable was found or the error rate passes ``max_error_rate``.
+
+    Spark jobs: one that decodes every planned file and collects their metadata (no pixels), one that writes
+    the scan table from the decoded rows kept on the executors, one that writes the (small) errors table.
+    The listing is planned on the driver, which holds every file's status for binaryFile anyway.
+    """
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     from classeg.cli import JobFailed
 
@@ -323,98 +360,98 @@ def run_ingest(spark, cfg: Config) -> dict:
     run_id = uuid.uuid4().hex[:12]
     output = job.output.rstrip("/")
     root, raw = list_files(spark, job.input)
-    log.info("ingest %s: listing %s", job.dataset, root)
-    parsed = classify_files(raw, dataset=job.dataset, root=root)
+    listing = raw.select("path").toPandas().drop_duplicates("path")
+    log.info("ingest %s: %d files under %s", job.dataset, len(listing), root)
+    parsed = parse_listing(listing, dataset=job.dataset, root=root)
+    to_decode, path_issues = plan_files(parsed)
+    decoded = decode_files(spark, raw, to_decode, dataset=job.dataset, image_size=job.image_size)
     if job.partitions:
-        parsed = parsed.repartition(job.partitions)
-    unique, duplicates = drop_duplicates(parsed)
-    decoded = decode_files(raw, unique, dataset=job.dataset, image_size=job.image_size)
+        decoded = decoded.repartition(job.partitions)
     decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
-    duplicates = duplicates.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        scans, errors = assemble(decoded, duplicates, dataset=job.dataset)
-        class_names = list(LAYOUTS[job.dataset].LABEL_NAMES) if job.dataset != "folders" else None
-        if job.dataset == "folders":
-            scans, class_names = label_folders(spark, scans)
-        scans = add_splits(scans, dataset=job.dataset, fractions=job.split, seed=job.seed)
-        scans = scans.withColumn("dataset", F.lit(job.dataset)).select(*SCAN_COLUMNS)
-        scans = scans.persist(StorageLevel.MEMORY_AND_DISK)
-        errors = errors.persist(StorageLevel.MEMORY_AND_DISK)
-        summary = _summarise(scans, errors, decoded, duplicates, dataset=job.dataset, class_names=class_names,
-                             cfg=cfg, root=root, run_id=run_id)
+        log.info("ingest %s: decoding %d files", job.dataset, len(to_decode))
+        meta = decoded.drop("image", "mask").toPandas()
+        units, decode_issues, class_names = resolve(meta, dataset=job.dataset, fractions=job.split, seed=job.seed)
+        unread = _issues(to_decode[~to_decode["path"].isin(meta["path"])], "error", "not_read",
+                         "listed but its content could not be read")
+        issues = pd.concat([path_issues, decode_issues, unread], ignore_index=True).sort_values("relpath")
+        summary = summarise(units, issues, listed=len(listing), dataset=job.dataset, class_names=class_names,
+                            cfg=cfg, root=root, run_id=run_id)
+        issues_frame = spark.createDataFrame(issues.astype(object).where(issues.notna(), None),
+                                             schema="source_uri string, relpath string, severity string, "
+                                                    "reason string, detail string")
         failure = _failure(summary, job.max_error_rate)
         if failure:
-            summary["status"] = "failed"
-            summary["failure"] = failure
-            errors.coalesce(1).write.mode("overwrite").parquet(f"{output}/{FAILURE_DIR}/{ERRORS_DIR}")
+            summary.update(status="failed", failure=failure)
+            issues_frame.coalesce(1).write.mode("overwrite").parquet(f"{output}/{FAILURE_DIR}/{ERRORS_DIR}")
             write_text(spark, f"{output}/{FAILURE_DIR}/{SUMMARY_NAME}", json.dumps(summary, indent=2))
-            raise JobFailed(f"{failure}; nothing was written to the scan table (errors and summary in "
+            raise JobFailed(f"{failure}; the scan table was not written (errors and summary in "
                             f"{output}/{FAILURE_DIR}/)")
         log.info("ingest %s: writing %d scans to %s", job.dataset, summary["scans"], output)
-        scans.write.mode("overwrite").partitionBy("split").parquet(output)
-        errors.coalesce(1).write.mode("overwrite").parquet(f"{output}/{ERRORS_DIR}")
+        scans = build_scans(spark, decoded, units, dataset=job.dataset)
+        delete_path(spark, f"{output}/{SUMMARY_NAME}")  # from here until the new summary, the table is incomplete
+        scans.write.mode("overwrite").partitionBy("split").parquet(f"{output}/{SCANS_DIR}")
+        issues_frame.coalesce(1).write.mode("overwrite").parquet(f"{output}/{ERRORS_DIR}")
+        delete_path(spark, f"{output}/{FAILURE_DIR}")
         summary["status"] = "complete"
         summary["seconds"] = round(time.time() - started, 2)
         write_text(spark, f"{output}/{SUMMARY_NAME}", json.dumps(summary, indent=2))  # last: marks completion
-        log.info("ingest %s: %d scans (%s), %d errors, %d skipped in %.1fs", job.dataset, summary["scans"],
-                 summary["per_split"], summary["files"]["errors"], summary["files"]["skipped"],
-                 summary["seconds"])
+        log.info("ingest %s: %d scans %s, %d errors, %d skipped, %.1fs", job.dataset, summary["scans"],
+                 summary["per_split"], summary["files"]["errors"], summary["files"]["skipped"], summary["seconds"])
         return summary
     finally:
-        for frame in (decoded, duplicates):
-            frame.unpersist()
+        decoded.unpersist()
 
 
 def _failure(summary: dict, max_error_rate: float) -> str | None:
     if summary["scans"] == 0:
         return (f"no usable scans found under {summary['input']} for layout {summary['dataset']!r} "
-                f"({summary['files']['listed']} files listed; reasons: {summary['errors_by_reason']})")
+                f"({summary['files']['listed']} files listed; errors by reason: {summary['errors_by_reason']})")
     if summary["error_rate"] > max_error_rate:
         return (f"error rate {summary['error_rate']:.4f} is above --max-error-rate {max_error_rate} "
                 f"({summary['files']['errors']} bad files; reasons: {summary['errors_by_reason']})")
     return None
 
 
-def _summarise(scans, errors, decoded, duplicates, *, dataset, class_names, cfg, root, run_id) -> dict:
-    from pyspark.sql import functions as F
-
-    per_split_class = scans.groupBy("split", "label_name").count().collect()
-    per_patient = scans.where(F.col("patient_id").isNotNull()).groupBy("patient_id", "split").agg(
-        F.count("*").alias("slices"), F.sum(F.col("has_tumor").cast("int")).alias("tumor_slices")).collect()
-    by_reason = errors.groupBy("severity", "reason").count().collect()
-    listed = decoded.count() + duplicates.count()
-    masks_used = scans.where(F.col("mask_source_uri").isNotNull() &
-                             (F.col("mask_source_uri") != F.col("source_uri"))).count()
-    n_scans = sum(r["count"] for r in per_split_class)
-    n_errors = sum(r["count"] for r in by_reason if r["severity"] == "error")
-    n_skipped = sum(r["count"] for r in by_reason if r["severity"] == "skipped")
-    candidates = listed - n_skipped
-    error_list = [r.asDict() for r in errors.where("severity = 'error'").orderBy("relpath").limit(1000).collect()]
-    skipped_list = [r.asDict() for r in errors.where("severity = 'skipped'").orderBy("relpath").limit(1000).collect()]
-    per_split: dict[str, int] = {s: 0 for s in splitting.SPLITS}
-    per_class: dict[str, dict[str, int]] = {}
-    for row in per_split_class:
-        per_split[row["split"]] += row["count"]
-        per_class.setdefault(row["label_name"], {s: 0 for s in splitting.SPLITS})[row["split"]] = row["count"]
-    patients = {s: sorted(r["patient_id"] for r in per_patient if r["split"] == s) for s in splitting.SPLITS}
-    has_patients = bool(per_patient)
+def summarise(units: pd.DataFrame, issues: pd.DataFrame, *, listed: int, dataset: str, class_names, cfg: Config,
+              root: str, run_id: str) -> dict:
+    """The JSON summary: counts per split, class and patient; every error and skipped file with its reason."""
+    errors = issues[issues["severity"] == "error"]
+    skipped = issues[issues["severity"] == "skipped"]
+    masks = int((units["mask_path"].notna() & (units["mask_path"] != units["image_path"])).sum())
+    accounted = len(units) + masks + len(issues)
+    if accounted != listed:  # every listed file must be a scan, a mask or an issue row
+        raise RuntimeError(f"ingest accounting bug: {listed} files listed but {accounted} accounted for")
+    per_split = {s: int((units["split"] == s).sum()) for s in splitting.SPLITS}
+    per_class = {name: {s: int(((units["label_name"] == name) & (units["split"] == s)).sum())
+                        for s in splitting.SPLITS} for name in class_names}
+    with_patient = units[units["patient_id"].notna()]
+    patients = {s: sorted(with_patient.loc[with_patient["split"] == s, "patient_id"].unique())
+                for s in splitting.SPLITS}
+    per_patient = with_patient.groupby("patient_id").agg(slices=("scan_id", "size"),
+                                                         tumor_slices=("has_tumor", "sum"))
+    has_patients = len(with_patient) > 0
+    candidates = listed - len(skipped)
     return {
         "dataset": dataset, "input": root, "output": cfg.ingest.output, "run_id": run_id,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "classeg_version": __version__,
         "image_size": cfg.ingest.image_size, "seed": cfg.ingest.seed, "split_fractions": cfg.ingest.split,
-        "class_names": class_names, "scans": n_scans, "per_split": per_split, "per_class": per_class,
-        "patients": {"count": len({r['patient_id'] for r in per_patient}),
+        "class_names": list(class_names), "scans": len(units), "per_split": per_split, "per_class": per_class,
+        "tumor_scans": int((units["has_tumor"] == True).sum()),  # noqa: E712 (object column with None)
+        "patients": {"count": int(with_patient["patient_id"].nunique()),
                      "per_split": {s: len(v) for s, v in patients.items()}, "ids": patients,
-                     "slices": {r["patient_id"]: {"slices": r["slices"], "tumor_slices": r["tumor_slices"]}
-                                for r in per_patient}},
+                     "slices": {pid: {"slices": int(r.slices), "tumor_slices": int(r.tumor_slices)}
+                                for pid, r in per_patient.iterrows()}},
         "patient_level_split": has_patients,
         "split_note": ("split by patient: no patient appears in two splits" if has_patients else
                        "no patient ids in this layout: a patient-level split is impossible, scans were split "
                        "individually (stratified by label); slices of one patient may be in different splits"),
-        "files": {"listed": listed, "scans": n_scans, "masks": masks_used, "errors": n_errors,
-                  "skipped": n_skipped},
-        "error_rate": round(n_errors / candidates, 6) if candidates else 0.0,
-        "errors_by_reason": {r["reason"]: r["count"] for r in by_reason if r["severity"] == "error"},
-        "skipped_by_reason": {r["reason"]: r["count"] for r in by_reason if r["severity"] == "skipped"},
-        "errors": error_list, "skipped": skipped_list,
+        "folds": ({str(k): int(v) for k, v in units["fold"].value_counts().sort_index().items()}
+                  if units["fold"].notna().any() else None),
+        "files": {"listed": listed, "scans": len(units), "masks": masks, "errors": len(errors),
+                  "skipped": len(skipped)},
+        "error_rate": round(len(errors) / candidates, 6) if candidates else 0.0,
+        "errors_by_reason": {str(k): int(v) for k, v in errors["reason"].value_counts().items()},
+        "skipped_by_reason": {str(k): int(v) for k, v in skipped["reason"].value_counts().items()},
+        "errors": errors.head(1000).to_dict("records"), "skipped": skipped.head(1000).to_dict("records"),
     }

@@ -87,7 +87,12 @@ def _decode_tiff(data: bytes, name: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            array = tifffile.imread(io.BytesIO(data))
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                if not tif.pages or tif.pages.first is None:
+                    raise DecodeError("undecodable", f"{name or 'file'}: TIFF has no readable page")
+                array = tif.pages.first.asarray()
+    except DecodeError:
+        raise
     except Exception as err:  # tifffile raises many types (TiffFileError, ValueError, struct.error, ...)
         raise DecodeError("undecodable", f"{name or 'file'}: unreadable TIFF ({type(err).__name__}: {err})") from err
     array = np.asarray(array)

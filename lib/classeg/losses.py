@@ -147,8 +147,18 @@ def focal_tversky_loss(
     exponent = _check_number("exponent", exponent, strict=True)
     index = tversky_index(prediction, target, fn_weight=fn_weight, fp_weight=fp_weight, smooth=smooth,
                           mode=mode, from_logits=from_logits)
-    # clamp: rounding can push TI a hair above 1, and a fractional power of a negative number is NaN.
-    return torch.clamp(1 - index, min=0).pow(exponent).mean()
+    return _safe_power(1 - index, exponent).mean()
+
+
+def _safe_power(base: torch.Tensor, exponent: float) -> torch.Tensor:
+    """``max(base, 0) ** exponent`` with a zero (not NaN) gradient where base <= 0.
+
+    Rounding can push TI a hair above 1, and a perfect prediction makes 1 - TI exactly 0, where the
+    gradient of x**0.75 is infinite; the double `where` keeps NaN out of the backward pass.
+    """
+    positive = base > 0
+    safe = torch.where(positive, base, torch.ones_like(base))
+    return torch.where(positive, safe.pow(exponent), torch.zeros_like(base))
 
 
 def dice_loss(

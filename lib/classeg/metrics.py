@@ -75,7 +75,7 @@ def _labels(values: Any, name: str, num_classes: int | None = None) -> np.ndarra
     array = _to_numpy(values, name)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of class labels, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
+    if array.size and not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
             raise ValueError(f"{name} must hold integer class labels, got dtype {array.dtype}")
     array = array.astype(np.int64)
@@ -393,8 +393,10 @@ class ClassificationMeter:
             probs = _to_numpy(probabilities, "probabilities").astype(np.float64)
             if probs.ndim != 2 or probs.shape[1] != k:
                 raise ValueError(f"probabilities must be (N, {k}), got shape {probs.shape}")
-            if probs.size and (np.nanmin(probs) < 0 or np.nanmax(probs) > 1 or np.isnan(probs).any()):
+            # float32 rounding may overshoot [0, 1] by an ulp; anything more is not a probability
+            if probs.size and (np.isnan(probs).any() or probs.min() < -1e-6 or probs.max() > 1 + 1e-6):
                 raise ValueError("probabilities must lie in [0, 1] (pass logits= for raw outputs)")
+            probs = np.clip(probs, 0.0, 1.0)
         if probs is not None and probs.shape[0] != true.shape[0]:
             raise ValueError(f"y_true has {true.shape[0]} labels but scores have {probs.shape[0]} rows")
         if y_pred is None:

@@ -280,10 +280,13 @@ def _tissue_labels(frame: _Frame, anatomy: Anatomy, slice_pos: float) -> np.ndar
     labels[rho <= _DURA_OUTER] = _DURA
     b = rho / _BRAIN_EDGE
     brain = b <= 1.0
-    gyral = np.cos(anatomy.gyri * frame.theta + anatomy.gyral_phase)
+    theta, phase = frame.theta, anatomy.gyral_phase
+    # Warp the angle so gyri are unevenly spaced, and vary the sulcal depth around the brain.
+    gyral = np.cos(anatomy.gyri * theta + phase + 1.1 * np.sin(3 * theta + 2.3 * phase))
+    depth = 0.5 + 0.5 * np.sin(5 * theta + 1.7 * phase)
     labels[brain] = _GM
-    labels[brain & (b < 0.74 - 0.07 * gyral)] = _WM  # white matter fingers between the sulci
-    labels[brain & (b > 0.86) & (gyral > 0.88)] = _CSF  # sulci
+    labels[brain & (b < 0.74 - 0.07 * gyral - 0.03 * depth)] = _WM  # white matter fingers between the sulci
+    labels[brain & (b > 0.9 - 0.1 * depth) & (gyral > 0.9)] = _CSF  # sulci
     fissure_half = max(0.02, 0.6 / frame.brain_px)
     labels[brain & (np.abs(bx) < fissure_half) & (np.abs(by) > 0.35)] = _CSF
     middle = max(0.0, 1.0 - ((slice_pos - 0.5) / 0.24) ** 2) * anatomy.ventricle_scale
@@ -797,7 +800,8 @@ def _tumour_run(rng: np.random.Generator, count: int, tumor_fraction: float) -> 
     length = min(count, max(1, length))
     middle = count / 2.0 + rng.uniform(-count / 8.0, count / 8.0)
     start = int(round(middle - length / 2.0))
-    start = min(max(start, 0), count - length)
+    margin = 1 if count - length >= 2 else 0  # real runs start after the first slice and end before the last
+    start = min(max(start, margin), count - length - margin)
     return range(start, start + length)
 
 

@@ -318,7 +318,7 @@ def imagenet_state_dict(arch: str, *, variant: str = "DEFAULT") -> dict[str, tor
         ) from err
     filename = os.path.basename(urlparse(entry.url).path)
     try:
-        return entry.get_state_dict(progress=False)
+        return entry.get_state_dict(progress=False, check_hash=True)
     except (urllib.error.URLError, OSError) as err:
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
         raise WeightsUnavailableError(

@@ -1,0 +1,226 @@
+"""The ingest job end to end on local Spark, one small synthetic dataset per layout, plus every kind of bad
+input. Expected values come from the generator's ground truth, not from the job."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from classeg import imaging
+from classeg.cli import JobFailed, main
+from classeg.config import load_config
+from classeg.datasets import synthetic
+from classeg.etl import read_errors, read_scan_table, run_ingest
+
+SIZE = 32
+
+
+def _cfg(dataset, src, out, *extra):
+    return load_config(overrides=[f"ingest.dataset={dataset}", f"ingest.input={src}", f"ingest.output={out}",
+                                  f"ingest.image_size={SIZE}", "spark.master=local[2]", *extra])
+
+
+def _rows(spark, out):
+    frame, summary = read_scan_table(spark, str(out))
+    return frame.toPandas(), summary
+
+
+def _errors(spark, out):
+    return read_errors(spark, str(out)).toPandas()
+
+
+@pytest.fixture(scope="module")
+def lgg(tmp_path_factory, spark):
+    root = tmp_path_factory.mktemp("lgg")
+    truth = synthetic.write_lgg(root / "data", patients=7, seed=5, image_size=48, slices_per_patient=(5, 8))
+    out = root / "table"
+    summary = run_ingest(spark, _cfg("lgg", root / "data", out))
+    rows, stored = _rows(spark, out)
+    return truth, summary, rows, stored, root
+
+
+def test_lgg_rows_match_truth(lgg):
+    truth, summary, rows, stored, root = lgg
+    expected = {(s["patient_id"], s["slice_index"]): s for s in truth["slices"]}
+    assert len(rows) == len(expected) == summary["scans"]
+    assert set(zip(rows.patient_id, rows.slice_index)) == set(expected)
+    for row in rows.itertuples():
+        slice_truth = expected[(row.patient_id, row.slice_index)]
+        assert row.has_tumor == slice_truth["has_tumor"]
+        assert row.label == int(slice_truth["has_tumor"])
+        assert row.label_name == ("tumor" if slice_truth["has_tumor"] else "no_tumor")
+        assert row.source_uri.endswith(slice_truth["path"]) and "lgg-mri-segmentation" not in row.source_uri
+        assert (row.orig_height, row.orig_width) == (48, 48)
+    assert stored == json.loads((root / "table" / "summary.json").read_text())
+
+
+def test_lgg_slice_order_is_numeric_and_ids_stable(lgg):
+    truth, summary, rows, _, _ = lgg
+    for patient, group in rows.groupby("patient_id"):
+        indices = sorted(group.slice_index)
+        assert indices == list(range(1, len(indices) + 1))  # 1..n with no gaps: 10 sorts after 9
+    assert rows.scan_id.is_unique and rows.scan_id.str.len().eq(16).all()
+
+
+def test_lgg_mask_and_image_round_trip(lgg):
+    truth, _, rows, _, root = lgg
+    for row in rows.head(12).itertuples():
+        rel = row.source_uri.split("/data/", 1)[1]
+        source = tifffile.imread(root / "data" / rel)
+        source_mask = tifffile.imread(root / "data" / rel.replace(".tif", "_mask.tif"))
+        np.testing.assert_array_equal(imaging.decode_png(row.image), imaging.canonical(source, SIZE))
+        stored_mask = imaging.decode_png(row.mask)
+        assert set(np.unique(stored_mask)) <= {0, 255}
+        np.testing.assert_array_equal(stored_mask > 0, imaging.resize_mask(source_mask, SIZE))
+
+
+def test_lgg_duplicate_copy_counted_once_and_accounted(lgg):
+    truth, summary, rows, _, _ = lgg
+    n = len(truth["slices"])
+    assert summary["files"]["listed"] == 4 * n + 2  # image + mask, twice, plus data.csv twice
+    assert summary["skipped_by_reason"] == {"duplicate": 2 * n, "metadata": 2}
+    assert summary["files"]["masks"] == n and summary["files"]["errors"] == 0
+
+
+def test_lgg_split_is_by_patient_and_deterministic(lgg, spark, tmp_path):
+    truth, summary, rows, _, root = lgg
+    per_patient = rows.groupby("patient_id").split.nunique()
+    assert (per_patient == 1).all()
+    assert summary["patients"]["per_split"] == {"train": 5, "val": 1, "test": 1}  # 7 patients, 0.7/0.15/0.15
+    again = run_ingest(spark, _cfg("lgg", root / "data", tmp_path / "again"))
+    assert again["patients"]["ids"] == summary["patients"]["ids"]
+    other = run_ingest(spark, _cfg("lgg", root / "data", tmp_path / "other", "ingest.seed=11"))
+    assert other["patients"]["ids"] != summary["patients"]["ids"]
+
+
+def test_figshare_labels_patients_folds_and_small_images(spark, tmp_path):
+    truth = synthetic.write_figshare(tmp_path / "fig", patients=6, seed=2, image_size=64,
+                                     slices_per_patient=(3, 5), small_numbers=(2, 7))
+    run_ingest(spark, _cfg("figshare", tmp_path / "fig", tmp_path / "table"))
+    rows, summary = _rows(spark, tmp_path / "table")
+    by_number = {s["file_number"]: s for s in truth["slices"]}
+    assert len(rows) == len(by_number)
+    assert summary["class_names"] == ["meningioma", "glioma", "pituitary"]
+    for row in rows.itertuples():
+        t = by_number[row.slice_index]
+        # the truth keeps MATLAB's 1..3 code; the table's label is 0-based
+        assert (row.label, row.label_name, row.patient_id, row.fold) == (
+            t["label"] - 1, t["label_name"], t["patient_id"], t["fold"])
+        assert ["meningioma", "glioma", "pituitary"][row.label] == t["label_name"]
+        assert (row.orig_height, row.orig_width) == ((256, 256) if row.slice_index in (2, 7) else (64, 64))
+        assert row.has_tumor and imaging.decode_png(row.mask).any()
+    assert (rows.groupby("patient_id").split.nunique() == 1).all()
+    assert summary["skipped_by_reason"] == {"folds": 1, "metadata": 1}
+
+
+def test_folders_class_names_verbatim_and_training_testing_honoured(spark, tmp_path):
+    classes = ["Astrocitoma T1C+", "Meningioma T2", "_NORMAL T1"]
+    truth = synthetic.write_folders(tmp_path / "f", seed=1, images_per_class=10, classes=classes, split_dirs=True)
+    run_ingest(spark, _cfg("folders", tmp_path / "f", tmp_path / "table"))
+    rows, summary = _rows(spark, tmp_path / "table")
+    assert summary["class_names"] == sorted(classes)
+    assert sorted(rows.label_name.unique()) == sorted(classes)
+    assert dict(zip(rows.label_name, rows.sequence)) == {"Astrocitoma T1C+": "T1C+", "Meningioma T2": "T2",
+                                                         "_NORMAL T1": "T1"}
+    assert not summary["patient_level_split"] and "impossible" in summary["split_note"]
+    testing = {s["path"] for s in truth["slices"] if s["path"].startswith("Testing/")}
+    assert {r for r in rows.source_uri if "/Testing/" in r} and all(
+        split == "test" for uri, split in zip(rows.source_uri, rows.split) if "/Testing/" in uri)
+    assert (rows.split == "test").sum() == len(testing)
+    assert set(rows.loc[rows.source_uri.str.contains("/Training/"), "split"]) == {"train", "val"}
+    assert dict(zip(rows.label_name, rows.has_tumor)) == {"Astrocitoma T1C+": True, "Meningioma T2": True,
+                                                          "_NORMAL T1": False}
+
+
+@pytest.fixture()
+def damaged_lgg(tmp_path):
+    root = tmp_path / "data"
+    truth = synthetic.write_lgg(root, patients=3, seed=9, image_size=32, slices_per_patient=(5, 6),
+                                duplicate_copy=False)
+    folder = root / "kaggle_3m" / truth["slices"][0]["path"].split("/")[1]
+    name = folder.name
+    (folder / f"{name}_1.tif").write_bytes(b"II*\x00" + b"\x07" * 100)  # corrupt TIFF
+    (folder / f"{name}_2_mask.tif").unlink()  # image without mask
+    (folder / f"{name}_3.tif").unlink()  # mask without image
+    data = (folder / f"{name}_4.tif").read_bytes()
+    (folder / f"{name}_4.tif").write_bytes(data[: len(data) // 3])  # truncated
+    (folder / "notes.txt").write_text("not a scan")
+    return root, truth, name
+
+
+def test_bad_input_becomes_error_rows_and_nothing_is_lost(spark, damaged_lgg, tmp_path):
+    root, truth, name = damaged_lgg
+    summary = run_ingest(spark, _cfg("lgg", root, tmp_path / "table", "ingest.max_error_rate=0.5"))
+    errors = _errors(spark, tmp_path / "table")
+    by_file = {uri.rsplit("/", 1)[1]: (sev, reason) for uri, sev, reason in
+               zip(errors.source_uri, errors.severity, errors.reason)}
+    assert by_file[f"{name}_1.tif"] == ("error", "undecodable")
+    assert by_file[f"{name}_2.tif"] == ("error", "image_without_mask")
+    assert by_file[f"{name}_3_mask.tif"] == ("error", "mask_without_image")
+    assert by_file[f"{name}_4.tif"] == ("error", "undecodable")
+    assert by_file["notes.txt"] == ("error", "not_a_scan")
+    assert by_file[f"{name}_1_mask.tif"] == ("skipped", "partner_failed")
+    assert by_file[f"{name}_4_mask.tif"] == ("skipped", "partner_failed")
+    assert summary["files"]["errors"] == 5
+    n = len(truth["slices"])
+    assert summary["scans"] == n - 4
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert summary["files"]["listed"] == len(files)
+    assert summary["scans"] + summary["files"]["masks"] + len(errors) == len(files)
+    assert {e["reason"] for e in summary["errors"]} == {"undecodable", "image_without_mask",
+                                                        "mask_without_image", "not_a_scan"}
+
+
+def test_error_rate_over_threshold_fails_without_touching_the_table(spark, damaged_lgg, tmp_path):
+    root, _, _ = damaged_lgg
+    out = tmp_path / "table"
+    good = run_ingest(spark, _cfg("lgg", root, out, "ingest.max_error_rate=0.9"))
+    with pytest.raises(JobFailed, match=r"error rate 0\.\d+ is above --max-error-rate 0\.01"):
+        run_ingest(spark, _cfg("lgg", root, out))
+    rows, summary = _rows(spark, out)
+    assert summary["run_id"] == good["run_id"] and len(rows) == good["scans"]
+    failure = json.loads((out / "last_failure" / "summary.json").read_text())
+    assert failure["status"] == "failed" and failure["errors_by_reason"]["undecodable"] == 2
+    code = main(["ingest", "--dataset", "lgg", "--input", str(root), "--output", str(out),
+                 "--image-size", str(SIZE), "--set", "spark.master=local[2]"])
+    assert code == 1
+
+
+def test_nothing_usable_fails_clearly(spark, tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "readme.pdf").write_bytes(b"%PDF-1.4")
+    with pytest.raises(JobFailed, match="no usable scans found"):
+        run_ingest(spark, _cfg("lgg", tmp_path / "junk", tmp_path / "t"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_ingest(spark, _cfg("lgg", tmp_path / "missing", tmp_path / "t"))
+
+
+def test_rerun_replaces_whole_and_incomplete_table_is_refused(spark, tmp_path):
+    src = tmp_path / "data"
+    synthetic.write_lgg(src, patients=3, seed=3, image_size=32, slices_per_patient=(4, 5), duplicate_copy=False)
+    out = tmp_path / "table"
+    first = run_ingest(spark, _cfg("lgg", src, out))
+    victim = next((src / "kaggle_3m").iterdir())
+    shutil.rmtree(victim)
+    second = run_ingest(spark, _cfg("lgg", src, out))
+    rows, _ = _rows(spark, out)
+    assert len(rows) == second["scans"] < first["scans"]
+    assert not rows.source_uri.str.contains(victim.name).any()
+    (out / "summary.json").unlink()
+    with pytest.raises(ValueError, match="incomplete"):
+        read_scan_table(spark, str(out))
+
+
+def test_cli_ingest_with_file_uri(spark, tmp_path, capsys):
+    src = tmp_path / "data"
+    synthetic.write_folders(src, seed=4, images_per_class=4, classes=["yes", "no"])
+    code = main(["ingest", "--dataset", "folders", "--input", src.as_uri(), "--output", (tmp_path / "t").as_uri(),
+                 "--image-size", "32", "--split", "0.5,0.25,0.25", "--set", "spark.master=local[2]"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["scans"] == 8 and printed["per_split"] == {"train": 4, "val": 2, "test": 2}
