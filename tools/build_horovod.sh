@@ -6,9 +6,16 @@ set -euo pipefail
 venv=${1:?usage: build_horovod.sh VENV CACHE_DIR}
 cache=${2:?usage: build_horovod.sh VENV CACHE_DIR}
 version=0.28.1
+home_cache=${XDG_CACHE_HOME:-$HOME/.cache}/classeg/wheels
 mkdir -p "$cache"
 if ls "$cache"/horovod-"$version"-*.whl >/dev/null 2>&1; then
   echo "horovod: using cached wheel $(ls "$cache"/horovod-"$version"-*.whl)"
+  exit 0
+fi
+# A second cache outside the clone, so a fresh clone on the same machine (CI) skips the 15-minute build.
+if ls "$home_cache"/horovod-"$version"-*.whl >/dev/null 2>&1; then
+  cp "$home_cache"/horovod-"$version"-*.whl "$cache"/
+  echo "horovod: using wheel cached in $home_cache"
   exit 0
 fi
 work=$(mktemp -d)
@@ -28,4 +35,5 @@ env CUDA_HOME="$cuda_home" HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WI
   MAKEFLAGS="-j$(nproc)" \
   "$venv/bin/pip" wheel --no-deps --no-build-isolation -w "$work/dist" "$src"
 cp "$work"/dist/horovod-*.whl "$cache"/
+mkdir -p "$home_cache" && cp "$work"/dist/horovod-*.whl "$home_cache"/
 echo "horovod: cached $(ls "$cache"/horovod-*.whl)"
