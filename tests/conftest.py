@@ -33,3 +33,34 @@ def base_config():
     from classeg.config import load_config
 
     return load_config(overrides=["spark.master=local[2]", "spark.shuffle_partitions=4"])
+
+
+# ---------------------------------------------------------------------------------------------- S3 on loopback
+from s3util import aws_test_env, direct_client, start_moto, stop_moto, test_s3_cfg  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real S3-compatible server (moto, server mode) on 127.0.0.1 for the session; dummy AWS credentials,
+    no ~/.aws, no instance-metadata lookups and no HTTP proxy while it runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_test_env().items():
+            patch.setenv(name, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        server, endpoint_url = start_moto()
+        try:
+            yield endpoint_url
+        finally:
+            stop_moto(server)
+
+
+@pytest.fixture(scope="session")
+def s3(moto_endpoint):
+    """A plain boto3 client on the moto server, for arranging buckets and objects."""
+    return direct_client(moto_endpoint)
+
+
+@pytest.fixture()
+def s3_cfg(moto_endpoint):
+    """An `s3` config section pointing at the moto server (6 attempts, 10 ms backoff, short timeouts)."""
+    return test_s3_cfg(moto_endpoint)

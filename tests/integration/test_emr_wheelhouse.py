@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -48,6 +50,23 @@ def make_wheel(folder: Path, name: str, version: str, source: str | None = None)
     return wheel
 
 
+def make_sdist(folder: Path, name: str, version: str) -> Path:
+    """A minimal setuptools sdist ``name-version.tar.gz`` (a package published without wheels, like pyspark)."""
+    files = {
+        "PKG-INFO": f"Metadata-Version: 1.0\nName: {name}\nVersion: {version}\n",
+        "setup.py": f"from setuptools import setup\nsetup(name={name!r}, version={version!r}, py_modules=[{name!r}])\n",
+        f"{name}.py": f"__version__ = {version!r}\n",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    sdist = folder / f"{name}-{version}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        for path, text in files.items():
+            info = tarfile.TarInfo(f"{name}-{version}/{path}")
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return sdist
+
+
 @pytest.fixture(scope="module")
 def isolated_pip():
     """pip sees only what a test gives it: no machine-wide find-links or extra indexes."""
@@ -74,13 +93,16 @@ def emr_moto():
 
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory) -> Path:
-    """A find-links folder: fake torch, two versions of a pinned dependency, one unpinned, Horovod build tools."""
+    """A find-links folder: fake torch, two versions of a pinned dependency, one unpinned, Horovod build tools,
+    and a source-only package in two versions."""
     index = tmp_path_factory.mktemp("index")
     make_wheel(index, "tinytorch", "2.0")
     make_wheel(index, "tinypinned", "1.0")
     make_wheel(index, "tinypinned", "2.0")
     make_wheel(index, "tinyfree", "0.3")
     make_wheel(index, "tinybuildtool", "1.0")
+    make_sdist(index, "tinysdist", "1.0")
+    make_sdist(index, "tinysdist", "1.1")
     return index
 
 
@@ -93,8 +115,9 @@ def horovod_cache(tmp_path_factory) -> Path:
 
 def tiny_spec(index: Path, horovod_dir: Path) -> wheelhouse.WheelhouseSpec:
     return wheelhouse.WheelhouseSpec.for_project(
-        REPO, requirements=("tinypinned", "tinyfree"), constraints=("tinypinned==1.0",),
-        torch_requirements=("tinytorch==2.0",), build_requirements=("tinybuildtool",), horovod_dir=horovod_dir,
+        REPO, requirements=("tinypinned", "tinyfree", "tinysdist"), constraints=("tinypinned==1.0", "tinysdist==1.0"),
+        torch_requirements=("tinytorch==2.0",), build_requirements=("tinybuildtool",), source_only=("tinysdist",),
+        horovod_dir=horovod_dir,
         pip_options=("--no-index", "--find-links", str(index)))
 
 
@@ -120,11 +143,11 @@ def test_wheelhouse_contents(built):
     wheels = sorted(path.name for path in folder.glob("*.whl"))
     assert wheels == sorted([f"classeg-{__version__}-py3-none-any.whl", "horovod-0.28.1-py3-none-any.whl",
                              "tinyfree-0.3-py3-none-any.whl", "tinypinned-1.0-py3-none-any.whl",
-                             "tinytorch-2.0-py3-none-any.whl"])
+                             "tinysdist-1.0-py3-none-any.whl", "tinytorch-2.0-py3-none-any.whl"])
     assert result["wheels"] == wheels and result["horovod"] == "horovod-0.28.1-py3-none-any.whl"
     assert (folder / "requirements-torch.txt").read_text() == "tinytorch==2.0\n"
-    assert (folder / "requirements.txt").read_text() == "tinypinned\ntinyfree\n"
-    assert (folder / "constraints.txt").read_text() == "tinypinned==1.0\n"
+    assert (folder / "requirements.txt").read_text() == "tinypinned\ntinyfree\ntinysdist\n"
+    assert (folder / "constraints.txt").read_text() == "tinypinned==1.0\ntinysdist==1.0\n"
     assert not (folder / "requirements-build.txt").exists()  # Horovod is prebuilt
     assert (folder / "bootstrap.sh").read_bytes() == BOOTSTRAP.read_bytes()
     assert (folder / "build_horovod.sh").read_bytes() == (REPO / "tools" / "build_horovod.sh").read_bytes()
@@ -146,7 +169,10 @@ def test_wheelhouse_dry_run_builds_nothing(tmp_path, tiny_index):
     plan = wheelhouse.build(tiny_spec(tiny_index, no_horovod), str(out), dry_run=True)
     assert plan["dry_run"] is True and not out.exists()
     actions = plan["actions"]
-    assert any("pip wheel --no-deps --no-build-isolation" in action and str(REPO) in action for action in actions)
+    assert any("pip wheel --no-deps --no-build-isolation" in action and action.endswith(str(REPO))
+               for action in actions)
+    assert any("pip wheel --no-deps --no-build-isolation" in action and action.endswith(" tinysdist")
+               for action in actions)
     downloads = [action for action in actions if " pip download " in action]
     assert len(downloads) == 3  # torch, pinned deps, Horovod build tools (no prebuilt Horovod given)
     assert all("--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311" in action
@@ -197,10 +223,10 @@ def test_bootstrap_installs_then_is_a_no_op(tmp_path, built):
     uri = f"file://{built['dir']}"
     first = bootstrap(tmp_path, uri)
     assert first.returncode == 0, first.stdout + first.stderr
-    versions = venv_python(tmp_path, "import classeg, horovod, tinypinned, tinyfree, tinytorch; "
+    versions = venv_python(tmp_path, "import classeg, horovod, tinypinned, tinyfree, tinysdist, tinytorch; "
                                      "print(classeg.__version__, horovod.__version__, tinypinned.__version__, "
-                                     "tinyfree.__version__, tinytorch.__version__)")
-    assert versions == f"{__version__} 0.28.1 1.0 0.3 2.0"  # tinypinned held at 1.0 by constraints.txt
+                                     "tinyfree.__version__, tinysdist.__version__, tinytorch.__version__)")
+    assert versions == f"{__version__} 0.28.1 1.0 0.3 1.0 2.0"  # held at 1.0 by constraints.txt
     marker = tmp_path / "opt" / "venv" / ".classeg-bootstrap"
     lines = marker.read_text().splitlines()
     assert lines[:2] == [f"wheelhouse={uri}", f"classeg={__version__}"]

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 TORCH_REQUIREMENTS = ("torch==2.14.1", "torchvision==0.29.1")
 HOROVOD_VERSION = "0.28.1"
 BUILD_REQUIREMENTS = ("wheel", "cmake")
+# Published as source only (PySpark ships no wheel on PyPI). Pure Python: a wheel built here installs anywhere.
+SOURCE_ONLY = ("pyspark",)
 PYTHON_VERSION = "3.11"
 # EMR 7.x runs Amazon Linux 2023 (glibc 2.34). pip expands manylinux2014 to the older tags itself but not the
 # manylinux_2_N names, so list those one by one.
@@ -72,7 +74,8 @@ class WheelhouseSpec:
     """What goes into a wheelhouse. Everything is injectable so that a test can build a tiny one offline.
 
     ``requirements``/``constraints`` are requirement lines (default: the project's requirements.txt and
-    constraints.txt); ``pip_options`` are extra ``pip download`` options (a mirror, or ``--no-index
+    constraints.txt); ``source_only`` names requirements that have no wheel and are built here (pure Python
+    only, versions from the constraints); ``pip_options`` are extra ``pip download`` options (a mirror, or ``--no-index
     --find-links DIR``); ``horovod_dir`` is searched for a prebuilt ``horovod-0.28.1-*.whl``.
     """
 
@@ -81,6 +84,7 @@ class WheelhouseSpec:
     constraints: tuple[str, ...]
     torch_requirements: tuple[str, ...] = TORCH_REQUIREMENTS
     build_requirements: tuple[str, ...] = BUILD_REQUIREMENTS
+    source_only: tuple[str, ...] = SOURCE_ONLY
     horovod_dir: Path | None = None
     pip_options: tuple[str, ...] = ()
     python_version: str = PYTHON_VERSION
@@ -162,10 +166,6 @@ def plan(spec: WheelhouseSpec, stage: Path) -> list[Action]:
     """The actions that fill ``stage`` (a local folder) with the wheelhouse, in order."""
     project = spec.project_dir
     actions = [Action(f"mkdir {stage}", lambda: stage.mkdir(parents=True, exist_ok=True))]
-    wheel_argv = [spec.python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
-                  str(stage), str(project)]
-    actions.append(Action(" ".join(wheel_argv), lambda: _run(wheel_argv, "building the classeg wheel")))
-
     files = {
         "requirements-torch.txt": spec.torch_requirements,
         "requirements.txt": spec.requirements,
@@ -174,10 +174,20 @@ def plan(spec: WheelhouseSpec, stage: Path) -> list[Action]:
     for name, lines in files.items():
         actions.append(Action(f"write {stage / name} ({len(lines)} lines)",
                               lambda name=name, lines=lines: _write_lines(stage / name, lines)))
+    # --no-build-isolation: build with this venv's setuptools/wheel, so building needs no index access.
+    wheel_argv = [spec.python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
+                  str(stage), str(project)]
+    actions.append(Action(" ".join(wheel_argv), lambda: _run(wheel_argv, "building the classeg wheel")))
+    if spec.source_only:
+        source_argv = [spec.python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
+                       str(stage), "-c", str(stage / "constraints.txt"), *spec.pip_options, *spec.source_only]
+        actions.append(Action(" ".join(source_argv),
+                              lambda: _run(source_argv, f"building wheels of {', '.join(spec.source_only)}")))
     if spec.torch_requirements:
         torch_argv = _pip_download(spec, stage, ["-r", str(stage / "requirements-torch.txt")])
         actions.append(Action(" ".join(torch_argv), lambda: _run(torch_argv, "downloading torch/torchvision")))
-    deps_argv = _pip_download(spec, stage, ["-c", str(stage / "constraints.txt"),
+    # --find-links STAGE: the wheels just built satisfy their requirements (petastorm needs pyspark).
+    deps_argv = _pip_download(spec, stage, ["--find-links", str(stage), "-c", str(stage / "constraints.txt"),
                                             "-r", str(stage / "requirements.txt")])
     actions.append(Action(" ".join(deps_argv), lambda: _run(deps_argv, "downloading the pinned dependencies")))
 
