@@ -160,7 +160,7 @@ export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_NO_INDEX
 
 pip_install() {
-  run "$venv/bin/python" -m pip install --no-index --find-links "$local_wheelhouse" "$@"
+  run "$venv/bin/python" -m pip install --no-index --no-cache-dir --find-links "$local_wheelhouse" "$@"
 }
 
 if [[ -s $local_wheelhouse/requirements-torch.txt ]]; then
@@ -198,6 +198,11 @@ run "$venv/bin/python" -m pip list --format=freeze
 version=$("$venv/bin/python" -c "import classeg; print(classeg.__version__)") \
   || die "the new environment cannot import classeg"
 log "classeg $version installed in $venv"
+
+if [[ $wheelhouse == s3://* ]]; then
+  # The copy is only needed while installing; the root volume is better left to the venv and logs.
+  run rm -rf "$local_wheelhouse"
+fi
 
 {
   echo "wheelhouse=$wheelhouse"

@@ -30,3 +30,45 @@ def ingest(args, cfg: Config) -> dict:
     summary = run_ingest(spark, cfg)
     return {k: summary[k] for k in ("dataset", "output", "scans", "per_split", "files", "error_rate",
                                     "errors_by_reason", "patient_level_split")}
+
+
+def report(args, cfg: Config) -> dict:
+    """`classeg report --workdir DIR [--output DIR]`: report/index.html and its PNGs from a work directory."""
+    from classeg.report import build_report
+
+    summary = build_report(args.workdir, args.output)
+    log.info("report: wrote %s", summary["index"])
+    return {"report": summary["index"], "images": len(summary["images"]), "sections": summary["sections"],
+            "key_numbers": summary["key_numbers"]}
+
+
+def demo(args, cfg: Config) -> dict:
+    """`classeg demo [--workdir DIR]`: the whole pipeline locally on synthetic scans; re-runs reuse work.
+    The demo's own config defaults sit under the user's --conf/--set (``cfg`` is rebuilt from them)."""
+    from classeg.demo import run_demo
+
+    return run_demo(args.workdir, conf_files=args.conf, overrides=args.overrides)
+
+
+def train(args, cfg: Config) -> dict:
+    """`classeg train`: train a classifier or segmenter across Spark workers (Horovod or TorchDistributor).
+    Returns rank 0's result; the artifact is ``<output>/runs/<run_id>/model`` (copied to ``<output>/model``)."""
+    from classeg.spark import get_spark
+    from classeg.training import run_training
+
+    if not cfg.train.scans or not cfg.train.output:
+        raise ValueError("train needs --scans URI and --output URI")
+    spark = get_spark(cfg, app_name=f"classeg-train-{cfg.train.task}")
+    result = run_training(spark, cfg)
+    log.info("train: run id %s, artifact %s", result["run_id"], result["artifact"])
+    return result
+
+
+def evaluate(args, cfg: Config) -> dict:
+    """`classeg evaluate --model URI --scans URI --output URI [--split test]`: metrics.json and figures."""
+    from classeg.spark import get_spark
+    from classeg.training import evaluate_artifact
+
+    spark = get_spark(cfg, app_name="classeg-evaluate")
+    return evaluate_artifact(spark, model=args.model, scans=args.scans, output=args.output, split=args.split,
+                             batch_size=cfg.score.batch_size, s3_cfg=cfg)

@@ -234,6 +234,17 @@ def _underscore_entries(fs, jvm, base: str, max_depth: int) -> list[str]:
     return found
 
 
+def spark_path(uri: str) -> str:
+    """The file index's URI (``file:///a%20b``) in the form binaryFile's ``path`` column uses (``file:/a b``).
+    Listing through ``inputFiles()`` costs no Spark job; a path that still did not match would surface as a
+    ``not_read`` error row, never silently."""
+    from urllib.parse import unquote
+
+    if uri.startswith("file:///"):
+        uri = "file:/" + uri[len("file:///"):]
+    return unquote(uri)
+
+
 def list_files(spark, input_uri: str):
     """Extract: (qualified root, binaryFile DataFrame of path, length, modificationTime, content) for every
     file under ``input_uri``. ``content`` is only read by stages that select it. Names starting with ``_`` are
@@ -360,7 +371,7 @@ def run_ingest(spark, cfg: Config) -> dict:
     run_id = uuid.uuid4().hex[:12]
     output = job.output.rstrip("/")
     root, raw = list_files(spark, job.input)
-    listing = raw.select("path").toPandas().drop_duplicates("path")
+    listing = pd.DataFrame({"path": sorted({spark_path(uri) for uri in raw.inputFiles()})})
     log.info("ingest %s: %d files under %s", job.dataset, len(listing), root)
     parsed = parse_listing(listing, dataset=job.dataset, root=root)
     to_decode, path_issues = plan_files(parsed)

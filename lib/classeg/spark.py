@@ -52,6 +52,9 @@ def get_spark(cfg: Config, *, app_name: str | None = None):
         "spark.python.worker.reuse": str(bool(spark_cfg.python_worker_reuse)).lower(),
         "spark.sql.shuffle.partitions": str(spark_cfg.shuffle_partitions),
         "spark.sql.parquet.compression.codec": "snappy",
+        # Cached frames here are mostly PNG bytes: compressing them again costs CPU and saves nothing.
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
+        "spark.ui.showConsoleProgress": "false" if os.environ.get("CI") else "true",
         # A failed write must not leave a table that looks complete: Spark's committer writes _SUCCESS last.
         "spark.sql.sources.partitionOverwriteMode": "static",
     }

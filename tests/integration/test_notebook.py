@@ -3,7 +3,9 @@ table written with pyarrow, prints the right counts and draws its figures."""
 from __future__ import annotations
 
 import io
+import json
 import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +85,13 @@ def test_analysis_notebook_runs_on_local_spark(tmp_path, monkeypatch):
     monkeypatch.setenv("CLASSEG_SPARK_LOG_LEVEL", "ERROR")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.delenv("CLASSEG_RUN_DATE", raising=False)
+    # The "python3" kernel is this interpreter (the venv), whatever kernelspecs the machine has elsewhere.
+    kernels = tmp_path / "jupyter" / "kernels" / "python3"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (classeg venv)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     assert notebook.metadata.kernelspec.name == "pysparkkernel"  # opens with the PySpark kernel on EMR

@@ -82,6 +82,7 @@ def test_cluster_request_gpu_settings():
     assert request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
     assert "Ec2SubnetId" not in request["Instances"] and "Ec2KeyName" not in request["Instances"]
     assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    assert request["EbsRootVolumeSize"] == 40
     assert request["BootstrapActions"] == [{
         "Name": "classeg-environment",
         "ScriptBootstrapAction": {"Path": "s3://bucket/classeg/wheelhouse/bootstrap.sh",

@@ -70,3 +70,20 @@ def test_plan_keeps_shortest_copy_and_accounts_for_every_file():
         names[2]: "duplicate", names[3]: "duplicate", "kaggle_3m/data.csv": "metadata", ".DS_Store": "metadata",
         "kaggle_3m/junk.bin": "not_a_scan"}
     assert len(to_decode) + len(issues) == len(names)
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("file:///tmp/Astro%20T1C+/a%20b+c%25.jpg", "file:/tmp/Astro T1C+/a b+c%.jpg"),
+    ("s3://bucket/raw/_NORMAL%20T1/x.jpeg", "s3://bucket/raw/_NORMAL T1/x.jpeg"),
+    ("hdfs://nn:8020/data/a.tif", "hdfs://nn:8020/data/a.tif"),
+])
+def test_spark_path_matches_binaryfile_form(uri, expected):
+    from classeg.etl import spark_path
+
+    assert spark_path(uri) == expected
+
+
+def test_glob_escape():
+    from classeg.etl import glob_escape
+
+    assert glob_escape("file:/d/scan[1]{a}*?.tif") == "file:/d/scan\\[1\\]\\{a\\}\\*\\?.tif"

@@ -67,7 +67,9 @@ def run_up(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
             emr.get_waiter("cluster_running").wait(ClusterId=cluster_id,
                                                    WaiterConfig={"Delay": args.poll_seconds, "MaxAttempts": 120})
         except WaiterError as err:
-            raise aws.AwsError(f"cluster {cluster_id} did not start: {err}; see {cfg.emr.log_uri}") from err
+            logs = f"{str(cfg.emr.log_uri).rstrip('/')}/{cluster_id}/node/"
+            raise aws.AwsError(f"cluster {cluster_id} did not start: {err}; bootstrap logs (classeg-bootstrap "
+                               f"output of every node) are under {logs}*/bootstrap-actions/1/") from err
         result["state"] = aws.send(cfg, render.ApiRequest("emr", "DescribeCluster", {"ClusterId": cluster_id}),
                                    clients={"emr": emr})["Cluster"]["Status"]["State"]
     return result

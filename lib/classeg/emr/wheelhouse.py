@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -97,11 +98,15 @@ class WheelhouseSpec:
         root = Path(project_dir).resolve() if project_dir else repo_root()
         if not (root / "setup.py").is_file():
             raise ValueError(f"--project {root} is not the classeg repository (no setup.py)")
+        # Where tools/build_horovod.sh caches the wheel: the clone's .cache/wheels, or the one in the home dir.
+        caches = [root / ".cache" / "wheels", Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                  / "classeg" / "wheels"]
         values: dict[str, Any] = {
             "project_dir": root,
             "requirements": _requirement_lines(root / "requirements.txt"),
             "constraints": _requirement_lines(root / "constraints.txt"),
-            "horovod_dir": root / ".cache" / "wheels",
+            "horovod_dir": next((cache for cache in caches if any(cache.glob(f"horovod-{HOROVOD_VERSION}-*.whl"))),
+                                caches[0]),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)

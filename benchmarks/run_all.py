@@ -1,0 +1,301 @@
+"""Run every benchmark under benchmarks/ and rewrite BENCHMARKS.md from their JSON results (`make bench`).
+
+Each benchmark is a script writing one JSON file under benchmarks/results/. This runner starts them one after
+another (never in parallel: they measure throughput on a shared 2-core machine), then renders BENCHMARKS.md:
+the machine, the date, and per benchmark its headline ratio against its baseline, a table of its numbers and
+the hand-written method note below. A benchmark whose JSON is missing is reported as "not run"; one whose run
+failed keeps its previous JSON (if any, shown with its own date) and the failure is noted.
+
+    python benchmarks/run_all.py                 # run all, then write BENCHMARKS.md
+    python benchmarks/run_all.py --only ingest   # run some (repeatable), still rewrite the whole file
+    python benchmarks/run_all.py --report-only   # just rewrite BENCHMARKS.md from the existing JSON
+    python benchmarks/run_all.py --quick         # pass --quick to the benchmarks that support it
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+RESULTS_DIR = BENCH_DIR / "results"
+OUTPUT = ROOT / "BENCHMARKS.md"
+
+
+@dataclass
+class Benchmark:
+    name: str
+    script: str
+    title: str
+    baseline: str
+    method: str                      # hand-written: what is measured, against what, how
+    summarise: Callable[[dict], tuple[str, list[str]]] | None = None  # result -> (headline, markdown lines)
+    quick_args: tuple[str, ...] = ()
+    args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def result_path(self) -> Path:
+        return RESULTS_DIR / f"{self.name}.json"
+
+
+# ---------------------------------------------------------------------------------------------- summarisers
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _scalars(result: dict, skip=("benchmark", "date", "created", "method", "machine")) -> list[list[Any]]:
+    rows = []
+    for key, value in result.items():
+        if key in skip:
+            continue
+        if isinstance(value, (int, float, str, bool)) and not (isinstance(value, str) and len(value) > 120):
+            rows.append([key, value])
+    return rows
+
+
+def _ratio_headline(result: dict) -> str:
+    ratio = result.get("ratio")
+    if not isinstance(ratio, (int, float)):
+        return "no single ratio recorded (see the table)"
+    goal = result.get("goal")
+    text = f"**{ratio:.3g}x** the baseline"
+    if isinstance(goal, (int, float)):
+        text += f" (goal {goal:g}x: {'met' if ratio >= goal else 'not met'})"
+    return text
+
+
+def summarise_generic(result: dict) -> tuple[str, list[str]]:
+    return _ratio_headline(result), _table(["quantity", "value"], _scalars(result))
+
+
+def summarise_ingest(result: dict) -> tuple[str, list[str]]:
+    rows = [[result.get("slices"), result.get("image_size"), result.get("loop_slices_per_s"),
+             result.get("job_slices_per_s"), result.get("ratio"), result.get("session_start_seconds"),
+             result.get("first_small_job_seconds")]]
+    return _ratio_headline(result), _table(
+        ["slices", "size px", "loop slices/s (baseline)", "job slices/s", "ratio", "session start s",
+         "first (cold) job s"], rows)
+
+
+def summarise_models(result: dict) -> tuple[str, list[str]]:
+    by_key: dict[tuple, dict] = {}
+    for entry in result.get("results", []):
+        by_key.setdefault((entry["model"], entry["size"]), {})[entry["format"]] = entry["images_per_s"]
+    rows, ratios = [], []
+    for (model, size), formats in by_key.items():
+        base, fast = formats.get("contiguous"), formats.get("channels_last")
+        ratio = fast / base if base and fast else None
+        if ratio:
+            ratios.append(ratio)
+        rows.append([model, size, base, fast, ratio if ratio is not None else "n/a"])
+    headline = (f"channels_last is **{min(ratios):.3g}x-{max(ratios):.3g}x** contiguous (NCHW) across "
+                f"{len(ratios)} model/size pairs" if ratios else "no paired results")
+    lines = _table(["model", "size px", "contiguous images/s (baseline)", "channels_last images/s", "ratio"], rows)
+    lines.append("")
+    lines.append(f"Batch {result.get('batch_size')}, {result.get('threads')} threads, torch {result.get('torch')}, "
+                 f"{result.get('reps')} timed batches after {result.get('warmup')} warm-up"
+                 + (" (quick run)" if result.get("quick") else "") + ".")
+    return headline, lines
+
+
+BENCHMARKS = [
+    Benchmark(
+        name="ingest", script="ingest.py", title="Ingest throughput (Spark job vs. a plain Python loop)",
+        baseline="one Python process decoding, resizing, PNG-encoding and writing the same slices to Parquet",
+        summarise=summarise_ingest,
+        method=(
+            "Synthetic Kaggle-LGG dataset (default 110 patients, 18-22 slices each, 256 px TIFF slices and masks). "
+            "The ingest job runs on `local[2]` from an already started SparkSession after one small warm-up job "
+            "(session start and the cold first job are reported separately: they are paid once per cluster job). "
+            "The baseline walks the same folder in one process and does the same decode / resize / PNG / Parquet "
+            "work. Best of two alternating runs each. Ratio = job slices/s / loop slices/s, so > 1 means the job is "
+            "faster. On a 2-core machine the ceiling is about 2x; Spark's per-task and Arrow overheads eat into it.")),
+    Benchmark(
+        name="models", script="models.py", title="Model forward throughput (CPU)",
+        baseline="the same model in PyTorch's default contiguous (NCHW) memory format",
+        summarise=summarise_models, quick_args=("--quick",),
+        method=(
+            "ResNet18 and ResNet50 (linear head) and the Class-Seg ResUNet (base 16) at 224 and 256 px, eval mode, "
+            "fp32 under `torch.no_grad()`, batch 32, random input, torch using every core. Each configuration runs "
+            "warm-up batches, then timed batches; images/s = batch x timed batches / elapsed. Ratio = channels_last "
+            "images/s / contiguous images/s for the same model and size. Noisy on a shared machine: compare runs "
+            "made under the same load.")),
+    Benchmark(
+        name="train_throughput", script="train_throughput.py",
+        title="Distributed training throughput (Horovod on local Spark)",
+        baseline="the same per-rank training loop in a single process (no Horovod, no Spark)",
+        summarise=summarise_generic,
+        method=(
+            "Training images/s of the classifier (and segmenter) with `engine: horovod` on `local[2]` (2 processes, "
+            "1 thread each, Petastorm readers sharded by rank) against one process running the same loop with the "
+            "same per-process batch. Epoch time excludes session and Horovod start-up, which are reported "
+            "separately. Ratio = distributed images/s / single-process images/s; 2 is the ideal on 2 cores.")),
+    Benchmark(
+        name="train_quality", script="train_quality.py", title="Training quality (synthetic data)",
+        baseline="the published Class-Seg numbers on the real datasets, or a majority-class / empty-mask predictor",
+        summarise=summarise_generic,
+        method=(
+            "Test-split accuracy and ROC AUC of the classifier and tumour-only Dice of the segmenter after training "
+            "on a synthetic LGG-layout dataset with a patient-level split; the ratio compares against the baseline "
+            "named in the result. Synthetic phantoms are easier than real MRI: these numbers show the pipeline "
+            "learns, not what it would reach on patients.")),
+    Benchmark(
+        name="score", script="score.py", title="Bulk scoring throughput (Class-Seg pandas-UDF job)",
+        baseline="a single-process loop fetching, decoding, classifying and segmenting the same archive",
+        summarise=summarise_generic,
+        method=(
+            "A synthetic archive of mixed formats (TIFF, JPEG, PNG, WebP, figshare .mat, DICOM) plus broken files, "
+            "scored by the `mapInPandas` job on `local[2]` (models loaded once per task) against one process doing "
+            "the same work with the same models. An incremental re-run over the unchanged archive is timed too: it "
+            "should score nothing. Ratio = job scans/s / loop scans/s.")),
+]
+
+
+# ---------------------------------------------------------------------------------------------- machine
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+                break
+    except OSError:
+        pass
+    for module in ("torch", "pyspark", "pyarrow", "horovod"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = "not installed"
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- running
+def run(bench: Benchmark, *, quick: bool) -> dict:
+    """Run one benchmark script; returns {status, seconds, detail}."""
+    script = BENCH_DIR / bench.script
+    if not script.is_file():
+        return {"status": "missing", "seconds": 0.0, "detail": f"benchmarks/{bench.script} does not exist yet"}
+    command = [sys.executable, str(script), *bench.args, *(bench.quick_args if quick else ())]
+    print(f"== {bench.name}: {' '.join(command[1:])}", flush=True)
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=ROOT, text=True, stdout=sys.stdout, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        tail = "\n".join(completed.stderr.strip().splitlines()[-5:])
+        print(f"== {bench.name} FAILED (exit {completed.returncode}) after {seconds:.0f}s:\n{tail}", flush=True)
+        return {"status": "failed", "seconds": seconds, "detail": f"exit {completed.returncode}: {tail}"}
+    print(f"== {bench.name} done in {seconds:.0f}s", flush=True)
+    return {"status": "ok", "seconds": seconds, "detail": ""}
+
+
+def render(runs: dict[str, dict], info: dict) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `benchmarks/run_all.py` (`make bench`) from the JSON files in `benchmarks/results/`; edit the "
+        "method notes in that script, not here.",
+        "",
+        f"Rendered {now}.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {info.get('cpu', 'unknown')} ({info.get('cpus')} logical cores)",
+        f"- Memory: {info.get('memory_gb', '?')} GB",
+        f"- OS: {info.get('platform')}",
+        f"- Python {info.get('python')}, torch {info.get('torch')}, pyspark {info.get('pyspark')}, "
+        f"pyarrow {info.get('pyarrow')}, horovod {info.get('horovod')}",
+        "",
+        "## Summary",
+        "",
+        "| benchmark | result | baseline | measured |",
+        "|---|---|---|---|",
+    ]
+    sections = []
+    for bench in BENCHMARKS:
+        result = _load(bench.result_path)
+        outcome = runs.get(bench.name)
+        note = ""
+        if outcome and outcome["status"] == "failed":
+            note = (f"\n\n**The last run failed** ({outcome['detail'].splitlines()[0] if outcome['detail'] else ''}); "
+                    + ("the numbers below are from an earlier run." if result else "no result."))
+        if result is None:
+            headline, body, when = "not run", [f"Not run: no `benchmarks/results/{bench.name}.json`"
+                                               + (f" ({outcome['detail']})" if outcome and outcome["status"] ==
+                                                  "missing" else "") + "."], "-"
+        else:
+            summarise = bench.summarise or summarise_generic
+            try:
+                headline, body = summarise(result)
+            except (KeyError, TypeError, ValueError) as err:  # a result format this template does not know yet
+                headline, body = summarise_generic(result)
+                body = [f"(unrecognised result layout: {type(err).__name__}: {err})", ""] + body
+            when = str(result.get("date") or result.get("created") or "?")
+        lines.append(f"| [{bench.title}](#{bench.name}) | {headline} | {bench.baseline} | {when} |")
+        sections += ["", f"<a id='{bench.name}'></a>", f"## {bench.title}", "",
+                     f"**Result:** {headline}. **Baseline:** {bench.baseline}. Measured: {when}. "
+                     f"Script: `benchmarks/{bench.script}`; result: `benchmarks/results/{bench.name}.json`.{note}",
+                     "", *body, "", f"**Method.** {bench.method}"]
+        if result and isinstance(result.get("method"), str):
+            sections += ["", f"Recorded with the result: {result['method']}"]
+    return "\n".join(lines + sections) + "\n"
+
+
+def _load(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    names = [b.name for b in BENCHMARKS]
+    parser.add_argument("--only", action="append", choices=names, help="run only these (repeatable)")
+    parser.add_argument("--report-only", action="store_true", help="do not run; rewrite BENCHMARKS.md only")
+    parser.add_argument("--quick", action="store_true", help="pass --quick where a benchmark supports it")
+    parser.add_argument("--output", default=str(OUTPUT), help="markdown file to write (default BENCHMARKS.md)")
+    args = parser.parse_args(argv)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYTHONPATH", str(ROOT / "lib"))  # for checkouts without `pip install -e .`
+    runs: dict[str, dict] = {}
+    if not args.report_only:
+        for bench in BENCHMARKS:
+            if args.only and bench.name not in args.only:
+                continue
+            runs[bench.name] = run(bench, quick=args.quick)
+    Path(args.output).write_text(render(runs, machine()), encoding="utf-8")
+    print(f"wrote {args.output}")
+    failed = [name for name, outcome in runs.items() if outcome["status"] == "failed"]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Training data through Petastorm: the driver materialises each split once, ranks read their shards.
+
+Driver side (``prepare_*``): select the rows and the few columns a task needs from the scan table, deal them
+into ``row_groups`` Spark partitions of exactly known sizes (row ``i`` of a deterministic order goes to
+partition ``i % row_groups``), and hand the DataFrame to ``petastorm.spark.make_spark_converter``, which writes
+one Parquet file per partition under the cache directory. With one row group per file, Petastorm's sharding
+(row group ``g`` belongs to shard ``g % shard_count``) is known in advance, so the driver computes every
+shard's size and the number of steps that lets every rank run the SAME number of steps per epoch (Horovod and
+DDP hang when one rank stops early). ``row_groups`` is a multiple of the number of processes, so shards differ
+by at most ``row_groups / processes`` rows.
+
+Rank side (``open_loader``): ``converter.make_torch_dataloader(cur_shard=rank, shard_count=size, ...)`` with a
+`TransformSpec` that decodes the PNG bytes, augments (train split only) and preprocesses exactly as scoring
+does (`classeg.transforms.preprocess_for_model`). Data order is a function of (seed, epoch) only: one reader
+thread, row-group order shuffled with a per-epoch seed, a row shuffling buffer driven by numpy's global
+generator which the loop seeds per (seed, epoch, rank), and augmentation drawn from a generator seeded by
+(seed, epoch, scan_id). Scan ids travel as signed 64-bit integers (``scan_key``): PyTorch tensors hold no
+strings.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+#: Rows per Parquet row group (one Spark partition each): the reader decodes a whole row group at once.
+ROWS_PER_ROW_GROUP = 128
+#: Row groups per shard at least, so the row-group shuffle has something to shuffle.
+MIN_ROW_GROUPS_PER_SHARD = 2
+#: Row groups are kept whole: the converter's row-group size limit is set far above any partition.
+ROW_GROUP_BYTES = 1 << 30
+#: The row-level shuffling buffer holds this many batches of decoded rows.
+SHUFFLE_BATCHES = 4
+
+
+# ---------------------------------------------------------------------------------------------- scan ids
+def scan_key(scan_id: str) -> int:
+    """The 16-hex-digit scan id as a signed int64 (lossless; tensors carry no strings)."""
+    value = int(scan_id, 16)
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def scan_id_from_key(key: int) -> str:
+    """Inverse of `scan_key`."""
+    return format(int(key) & ((1 << 64) - 1), "016x")
+
+
+# ---------------------------------------------------------------------------------------------- driver side
+@dataclass
+class SplitData:
+    """One split materialised for Petastorm: its converter, row count and per-shard row counts."""
+
+    split: str
+    converter: Any
+    rows: int
+    row_groups: int
+    shard_rows: list[int] = field(default_factory=list)
+
+    def steps(self, batch_size: int) -> int:
+        """Batches every rank reads per epoch so that each rank sees at least its whole shard."""
+        return math.ceil(max(self.shard_rows) / batch_size)
+
+
+def split_counts(frame) -> dict[str, dict[str, Any]]:
+    """Per split: ``rows``, ``labels`` {label: count}, ``masks`` (rows with a mask), ``tumor`` (has_tumor rows).
+    One small aggregation on the driver (no pixels are collected)."""
+    from pyspark.sql import functions as F
+
+    rows = (frame.groupBy("split", "label")
+            .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("mask").isNotNull().cast("int")).alias("masks"),
+                 F.sum(F.coalesce(F.col("has_tumor"), F.lit(False)).cast("int")).alias("tumor"))
+            .collect())
+    counts: dict[str, dict[str, Any]] = {s: {"rows": 0, "labels": {}, "masks": 0, "tumor": 0} for s in SPLITS}
+    for row in rows:
+        entry = counts.setdefault(row["split"], {"rows": 0, "labels": {}, "masks": 0, "tumor": 0})
+        entry["rows"] += int(row["n"])
+        entry["labels"][int(row["label"])] = entry["labels"].get(int(row["label"]), 0) + int(row["n"])
+        entry["masks"] += int(row["masks"] or 0)
+        entry["tumor"] += int(row["tumor"] or 0)
+    return counts
+
+
+def task_frame(frame, *, split: str, task: str, tumor_only: bool):
+    """The rows and columns of ``split`` that a task reads: classify -> scan_id, image, label; segment ->
+    scan_id, image, mask (only tumour slices when ``tumor_only``)."""
+    from pyspark.sql import functions as F
+
+    rows = frame.filter(F.col("split") == split)
+    if task == "segment":
+        if tumor_only:
+            rows = rows.filter(F.col("has_tumor") == True)  # noqa: E712 (a Spark Column comparison)
+        return rows.select("scan_id", "image", "mask")
+    return rows.select("scan_id", "image", "label")
+
+
+def row_group_count(rows: int, processes: int) -> int:
+    """Row groups for a split of ``rows`` rows read by ``processes`` shards: a multiple of ``processes``,
+    at least ``MIN_ROW_GROUPS_PER_SHARD`` per shard when there are enough rows, about
+    ``ROWS_PER_ROW_GROUP`` rows each, never more than ``rows`` (every row group non-empty)."""
+    if rows < processes:
+        raise ValueError(f"{rows} rows cannot be sharded over {processes} processes (every shard needs a row)")
+    per_shard = max(MIN_ROW_GROUPS_PER_SHARD, math.ceil(rows / (processes * ROWS_PER_ROW_GROUP)))
+    while per_shard > 1 and per_shard * processes > rows:
+        per_shard -= 1
+    return per_shard * processes
+
+
+def shard_rows(rows: int, row_groups: int, processes: int) -> list[int]:
+    """Rows per shard when row ``i`` is in row group ``i % row_groups`` and row group ``g`` in shard
+    ``g % processes`` (Petastorm's rule)."""
+    group_sizes = [rows // row_groups + (1 if g < rows % row_groups else 0) for g in range(row_groups)]
+    return [sum(group_sizes[g] for g in range(shard, row_groups, processes)) for shard in range(processes)]
+
+
+def deal_rows(spark, frame, *, row_groups: int, seed: int):
+    """``frame`` in exactly ``row_groups`` partitions: rows ordered by a seeded hash of scan_id, row ``i`` to
+    partition ``i % row_groups``, each partition sorted by scan_id (a deterministic layout for a given table,
+    seed and partition count, so a resumed run reads what the first run read)."""
+    from pyspark.sql import functions as F
+
+    ordered = frame.orderBy(F.xxhash64("scan_id", F.lit(seed)), "scan_id")
+    schema = frame.schema
+    dealt = (ordered.rdd.zipWithIndex()
+             .map(lambda pair: (pair[1] % row_groups, pair[0]))
+             .partitionBy(row_groups, lambda key: key)
+             .values())
+    return spark.createDataFrame(dealt, schema).sortWithinPartitions("scan_id")
+
+
+def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows: int, processes: int,
+                  seed: int) -> SplitData:
+    """Materialise one split for Petastorm (the cache location is Spark's
+    ``petastorm.spark.converter.parentCacheDirUrl``, set by the caller). Driver only."""
+    from petastorm.spark import make_spark_converter
+
+    row_groups = row_group_count(rows, processes)
+    dealt = deal_rows(spark, task_frame(frame, split=split, task=task, tumor_only=tumor_only),
+                      row_groups=row_groups, seed=seed)
+    converter = make_spark_converter(dealt, parquet_row_group_size_bytes=ROW_GROUP_BYTES)
+    # Petastorm reads files in list order and shards row groups by index: fix the order (part-00000, ...).
+    converter.file_urls = sorted(converter.file_urls)
+    if len(converter) != rows or len(converter.file_urls) != row_groups:
+        raise RuntimeError(f"Petastorm cache of the {split} split has {len(converter)} rows in "
+                           f"{len(converter.file_urls)} files, expected {rows} rows in {row_groups}")
+    log.info("%s split: %d rows in %d row groups at %s", split, rows, row_groups, converter.cache_dir_url)
+    return SplitData(split=split, converter=converter, rows=rows, row_groups=row_groups,
+                     shard_rows=shard_rows(rows, row_groups, processes))
+
+
+# ---------------------------------------------------------------------------------------------- rank side
+def decode_example(image_png: bytes, mask_png: bytes | None, *, task: str, input_spec: dict, augment: bool,
+                   seed: int, epoch: int, scan_id: str):
+    """One scan row -> (model input float32 (C, S, S), mask float32 (1, S, S) or None). Pure numpy/PIL;
+    augmentation (train only) is drawn from a generator seeded by (seed, epoch, scan_id)."""
+    from classeg import imaging, transforms
+
+    image = imaging.decode_png(bytes(image_png))
+    mask = None
+    if task == "segment":
+        mask = (imaging.decode_png(bytes(mask_png)) if mask_png is not None
+                else np.zeros(image.shape[:2], dtype=np.uint8))
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+    if augment:
+        rng = np.random.default_rng([seed, epoch, int(scan_id, 16)])
+        image, mask = transforms.augment(image, mask, rng=rng)
+    zscore = bool(input_spec["zscore"])
+    features = transforms.preprocess_for_model(
+        image, input_size=input_spec["size"], mean=None if zscore else input_spec["mean"],
+        std=None if zscore else input_spec["std"], zscore=zscore, channels=input_spec["channels"])
+    target = transforms.preprocess_mask(mask, input_size=input_spec["size"]) if mask is not None else None
+    return features, target
+
+
+def make_transform_spec(*, task: str, input_spec: dict, augment: bool, seed: int, epoch: int):
+    """Petastorm `TransformSpec` over a row group (a pandas DataFrame of scan rows) producing ``image``
+    (float32 (C, S, S)), ``label`` (int64, classify) or ``mask`` (float32 (1, S, S), segment) and
+    ``scan_key`` (int64)."""
+    import pandas as pd
+    from petastorm import TransformSpec
+
+    size, channels = int(input_spec["size"]), int(input_spec["channels"])
+
+    def transform(rows: pd.DataFrame) -> pd.DataFrame:
+        images, masks = [], []
+        masks_in = rows["mask"] if task == "segment" else [None] * len(rows)
+        for scan_id, image_png, mask_png in zip(rows["scan_id"], rows["image"], masks_in):
+            features, target = decode_example(image_png, mask_png, task=task, input_spec=input_spec,
+                                              augment=augment, seed=seed, epoch=epoch, scan_id=scan_id)
+            images.append(features)
+            masks.append(target)
+        out = pd.DataFrame({"image": images, "scan_key": [scan_key(s) for s in rows["scan_id"]]})
+        if task == "segment":
+            out["mask"] = masks
+        else:
+            out["label"] = rows["label"].astype("int64").to_numpy()
+        return out
+
+    fields = [("image", np.float32, (channels, size, size), False), ("scan_key", np.int64, (), False)]
+    if task == "segment":
+        fields.append(("mask", np.float32, (1, size, size), False))
+    else:
+        fields.append(("label", np.int64, (), False))
+    return TransformSpec(transform, edit_fields=fields, selected_fields=[name for name, *_ in fields])
+
+
+def open_loader(data: SplitData, *, task: str, input_spec: dict, batch_size: int, rank: int, size: int,
+                seed: int, epoch: int, train: bool, augment: bool):
+    """Context manager yielding this rank's Petastorm torch DataLoader for one epoch.
+
+    ``train=True``: an endless reader (the loop takes `SplitData.steps` batches), row groups shuffled with a
+    per-epoch seed, a row shuffling buffer, augmentation if ``augment``. ``train=False``: one ordered pass over
+    the shard."""
+    spec = make_transform_spec(task=task, input_spec=input_spec, augment=augment and train, seed=seed,
+                               epoch=epoch)
+    capacity = min(SHUFFLE_BATCHES * batch_size, max(data.shard_rows)) if train else 0
+    return data.converter.make_torch_dataloader(
+        batch_size=batch_size, num_epochs=None if train else 1, workers_count=1,
+        shuffling_queue_capacity=capacity, cur_shard=rank, shard_count=size, transform_spec=spec,
+        reader_pool_type="thread", shuffle_row_groups=train, seed=(seed * 100_003 + epoch) if train else seed)

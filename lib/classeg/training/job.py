@@ -1,0 +1,244 @@
+"""The training job on the driver: validate everything, materialise the data, launch the engine.
+
+`run_training(spark, cfg)` checks the request before any worker starts (each problem is a ValueError naming
+the offending value): the scan table exists and is complete, every split has rows (for the segmenter: masks,
+and tumour slices when ``train.segment_slices=tumor``), at least one row per process, the segmenter's image
+size is a multiple of 16, the engine is installed, and ``--weights``, when it is a classeg artifact or
+checkpoint, was trained on the same task and class names. Then it materialises train/val/test with Petastorm,
+computes class weights from the train split's counts, builds the plan (a picklable dict) and launches
+`classeg.training.loop.train_rank` through `classeg.training.engines`.
+
+Layout under ``train.output``::
+
+    runs/<run_id>/checkpoints/last.pt, best.pt     resumable state, best weights by the validation metric
+    runs/<run_id>/model/                           THE model artifact of the run (+ metrics.json, figures)
+    runs/<run_id>/result.json                      what the job returned
+    runs/<run_id>/cache/                           Petastorm cache while training (train.cache_dir overrides)
+    model/                                         a copy of the latest finished run's artifact
+
+A run id defaults to a new timestamp-based id (logged); running again with the same ``--run-id`` resumes
+from ``last.pt``.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from classeg.artifact import join, read_bytes, read_meta
+from classeg.config import Config
+from classeg.training import checkpoints
+from classeg.training.data import SPLITS, prepare_split, split_counts
+from classeg.training.engines import check_engine, launch, torch_local_mode
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    """``YYYYmmdd-HHMMSS-xxxxxx`` (UTC time + random suffix)."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _uri(location: str) -> str:
+    """Local paths made absolute (remote URIs unchanged)."""
+    if "://" in location and not location.startswith("file://"):
+        return location.rstrip("/")
+    path = location[len("file://"):] if location.startswith("file://") else location
+    return os.path.abspath(path)
+
+
+def _file_url(uri: str) -> str:
+    return uri if "://" in uri else "file://" + uri
+
+
+def input_spec(task: str, *, image_size: int, channels: int) -> dict:
+    """How scans become model input (recorded in the artifact): ImageNet mean/std at ``image_size`` for
+    classifiers (3 channels; grayscale scans are replicated), per-image z-score for the segmenter."""
+    from classeg.models import IMAGENET_MEAN, IMAGENET_STD
+
+    if task == "classify":
+        return {"size": image_size, "channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                "zscore": False}
+    return {"size": image_size, "channels": channels, "mean": None, "std": None, "zscore": True}
+
+
+def resolve_weights(weights: str | None, *, task: str, arch: str, head: str, base_filters: int,
+                    class_names: list[str], s3_cfg: Any = None) -> dict:
+    """What ``--weights`` is: ``{"kind": "none" | "backbone" | "full", "uri": ...}``.
+
+    ``imagenet``: torchvision's weights (checked to be available offline now). A classeg artifact folder or a
+    classeg checkpoint: full weights; its task and class names must match (ValueError otherwise). Any other
+    file: a torchvision-format backbone state dict (classifier) or a full ResUNet state dict (segmenter)."""
+    if not weights:
+        return {"kind": "none"}
+    if weights == "imagenet" or weights.startswith("imagenet:"):
+        if task != "classify":
+            raise ValueError(f"--weights {weights!r} applies to classifiers only, not to task {task!r}")
+        from classeg.models.classifier import WeightsUnavailableError, imagenet_state_dict
+
+        try:
+            imagenet_state_dict(arch, variant=weights.partition(":")[2] or "DEFAULT")
+        except WeightsUnavailableError as err:
+            raise ValueError(str(err)) from err
+        return {"kind": "backbone", "uri": weights}
+    try:
+        meta = read_meta(weights, s3_cfg=s3_cfg)
+    except FileNotFoundError:
+        meta = None
+    if meta is not None:
+        _check_source(weights, meta.get("task"), meta.get("class_names"), task=task, class_names=class_names)
+        config = meta["architecture"].get("config", {})
+        expected = ({"arch": arch, "head": head, "num_classes": len(class_names)} if task == "classify"
+                    else {"base_filters": base_filters})
+        mismatched = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
+        if mismatched:
+            raise ValueError(f"--weights {weights!r} is a {config} model; this run needs {expected} "
+                             f"(artifact value, requested value: {mismatched})")
+        return {"kind": "full", "uri": join(weights, meta.get("weights", "weights.pt"))}
+    import torch
+
+    data = read_bytes(weights, s3_cfg=s3_cfg)  # FileNotFoundError names the URI
+    try:
+        content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a file that is not a state dict
+        raise ValueError(f"--weights {weights!r} is neither a classeg artifact nor a readable torch file: {err}") from err
+    if isinstance(content, dict) and content.get("format") == checkpoints.FORMAT:
+        _check_source(weights, content.get("task"), content.get("class_names"), task=task, class_names=class_names)
+        return {"kind": "full", "uri": weights}
+    return {"kind": "backbone" if task == "classify" else "full", "uri": weights}
+
+
+def _check_source(weights: str, source_task, source_classes, *, task: str, class_names: list[str]) -> None:
+    if source_task is not None and source_task != task:
+        raise ValueError(f"--weights {weights!r} is a {source_task!r} model, this run trains task {task!r}")
+    if source_classes is not None and list(source_classes) != list(class_names):
+        raise ValueError(f"--weights {weights!r} was trained on class names {list(source_classes)}, but the scan "
+                         f"table's class names are {list(class_names)}")
+
+
+def _check_splits(counts: dict, *, task: str, tumor_only: bool, scans: str, num_proc: int) -> dict[str, int]:
+    """Rows each split contributes to the task; ValueError for anything unusable."""
+    total_masks = sum(counts[s]["masks"] for s in counts)
+    if task == "segment" and total_masks == 0:
+        raise ValueError(f"scan table {scans!r} has no masks (a classification-only dataset?): it cannot train a "
+                         "segmenter; use --task classify or a dataset with tumour masks")
+    rows = {}
+    for split in SPLITS:
+        entry = counts.get(split, {"rows": 0})
+        usable = entry["rows"]
+        what = "rows"
+        if task == "segment":
+            usable, what = (entry["tumor"], "tumour slices") if tumor_only and split != "test" else (entry["masks"], "slices with masks")
+        if usable == 0:
+            raise ValueError(f"the {split!r} split of scan table {scans!r} has no {what} ({entry['rows']} rows in "
+                             f"the split; splits present: "
+                             f"{ {s: c['rows'] for s, c in counts.items() if c['rows']} })")
+        if usable < num_proc:
+            raise ValueError(f"the {split!r} split of {scans!r} has {usable} {what}, fewer than --num-proc "
+                             f"{num_proc}: every process needs at least one")
+        rows[split] = usable
+    return rows
+
+
+def _channels(frame) -> int:
+    from pyspark.sql import functions as F
+
+    from classeg.imaging import decode_png
+
+    first = frame.filter(F.col("split") == "train").select("image").first()
+    image = decode_png(bytes(first["image"]))
+    return 1 if image.ndim == 2 else int(image.shape[2])
+
+
+def run_training(spark, cfg: Config) -> dict:
+    """Train ``cfg.train.task`` on the scan table ``cfg.train.scans``; returns rank 0's result (run id,
+    artifact location, history, test metrics, per-rank weight checksums, ...). Driver only."""
+    from classeg.etl import read_scan_table
+    from classeg.spark import ensure_driver
+
+    ensure_driver("run_training")
+    started = time.time()
+    train = cfg.train
+    task = train.task
+    if not train.scans or not train.output:
+        raise ValueError(f"train needs --scans URI and --output URI (got scans={train.scans!r}, "
+                         f"output={train.output!r})")
+    if task == "segment" and train.image_size % 16:
+        raise ValueError(f"the segmenter's image size must be a multiple of 16 (four 2x2 poolings), got "
+                         f"train.image_size={train.image_size}")
+    if task == "classify" and train.image_size < 32:
+        raise ValueError(f"the classifier's image size must be at least 32, got train.image_size={train.image_size}")
+    check_engine(train.engine)
+    if train.engine == "torch":
+        torch_local_mode(spark, train.torch_mode)
+    scans, output = _uri(train.scans), _uri(train.output)
+    s3_settings = cfg.to_dict()["s3"]
+    frame, summary = read_scan_table(spark, scans)
+    class_names = list(summary.get("class_names") or [])
+    if task == "classify" and len(class_names) < 2:
+        raise ValueError(f"a classifier needs at least 2 classes; scan table {scans!r} has {class_names}")
+    counts = split_counts(frame)
+    tumor_only = task == "segment" and train.segment_slices == "tumor"
+    rows = _check_splits(counts, task=task, tumor_only=tumor_only, scans=scans, num_proc=train.num_proc)
+    weights = resolve_weights(train.weights, task=task, arch=train.arch, head=train.head,
+                              base_filters=train.base_filters, class_names=class_names, s3_cfg=s3_settings)
+
+    run_id = train.run_id or new_run_id()
+    run_uri = join(output, f"runs/{run_id}")
+    last_uri = join(checkpoints.checkpoint_dir(run_uri), checkpoints.LAST)
+    resume = False
+    try:
+        last = checkpoints.load(last_uri, s3_cfg=s3_settings)
+    except FileNotFoundError:
+        last = None
+    if last is not None:
+        if last.get("task") != task or list(last.get("class_names") or []) != class_names:
+            raise ValueError(f"run {run_id!r} at {run_uri} trained task {last.get('task')!r} on classes "
+                             f"{last.get('class_names')}; this request is task {task!r} on {class_names}: use "
+                             "another --run-id")
+        resume = True
+        log.info("run id %s: resuming after epoch %d (%s)", run_id, last["epoch"], last_uri)
+    else:
+        log.info("run id %s (rerun with --run-id %s to resume); output %s", run_id, run_id, run_uri)
+
+    from petastorm.spark import SparkDatasetConverter
+
+    cache = _file_url(_uri(train.cache_dir)) if train.cache_dir else _file_url(join(run_uri, "cache"))
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache)
+    channels = _channels(frame) if task == "segment" else 3
+    spec = input_spec(task, image_size=train.image_size, channels=channels)
+    class_weights = None
+    if task == "classify" and train.class_weights == "auto":
+        from classeg.training.optim import class_weights as inverse_frequency
+
+        class_weights = inverse_frequency(counts["train"]["labels"], len(class_names))
+        log.info("class weights (inverse train frequency): %s",
+                 ", ".join(f"{n} {w:.3f}" for n, w in zip(class_names, class_weights)))
+    data = {}
+    try:
+        for split in SPLITS:
+            data[split] = prepare_split(spark, frame, split=split, task=task, tumor_only=tumor_only and split != "test",
+                                        rows=rows[split], processes=train.num_proc, seed=train.seed)
+        plan = {
+            "task": task, "train": cfg.to_dict()["train"], "config": cfg.to_dict(), "s3": s3_settings,
+            "run_id": run_id, "run_uri": run_uri, "output": output, "resume": resume, "weights": weights,
+            "class_names": class_names, "class_weights": class_weights, "input_spec": spec, "data": data,
+            "fingerprint": {"scans": scans, "scan_table_run_id": summary.get("run_id"),
+                            "rows": {s: counts[s]["rows"] for s in SPLITS}, "task_rows": rows,
+                            "segment_slices": train.segment_slices if task == "segment" else None},
+            "record_shards": train.record_shards, "eval_before_training": train.eval_before_training,
+            "log_level": logging.getLevelName(logging.getLogger("classeg").getEffectiveLevel()),
+        }
+        result = launch(spark, plan, engine=train.engine, num_proc=train.num_proc, threads=train.threads_per_proc,
+                        torch_mode=train.torch_mode)
+    finally:
+        for split_data in data.values():
+            split_data.converter.delete()
+    result["driver_seconds"] = round(time.time() - started, 1)
+    log.info("train %s: run %s finished in %.1fs; artifact %s (copy at %s)", task, run_id, result["driver_seconds"],
+             result["artifact"], result.get("latest_artifact"))
+    return result
