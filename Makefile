@@ -26,7 +26,10 @@ $(STAMP): Makefile constraints.txt requirements.txt requirements-dev.txt setup.p
 	$(PIP) install --quiet --no-deps $(CACHE)/wheels/horovod-0.28.1-*.whl
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -c "import torch, torchvision, horovod.torch, petastorm, pyspark, pyarrow; print('setup ok: torch', torch.__version__, 'pyspark', pyspark.__version__, 'pyarrow', pyarrow.__version__)"
-	command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck) || echo "shellcheck not installed"
+	# Debian tools the tests use: shellcheck (bootstrap script), chromium (report screenshot test).
+	command -v shellcheck >/dev/null && command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck chromium) || \
+	  echo "warning: could not install shellcheck/chromium; the tests that need them will skip"
 	touch $(STAMP)
 
 test: setup

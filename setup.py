@@ -6,7 +6,8 @@ setup(
     description="Distributed Spark pipeline for brain-MRI tumour classification and segmentation (Class-Seg)",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    package_data={"classeg": ["conf/*.yaml"]},
+    # conf/ and the EMR templates are symlinked into the package so a built wheel carries them.
+    package_data={"classeg": ["conf/*.yaml"], "classeg.emr": ["templates/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "pyspark>=3.5,<3.6",

@@ -130,7 +130,7 @@ def train_step(train_model, images, target, *, loss_fn, optimizer, scaler, coll:
         scaler.scale(loss / accum_steps).backward()
     if last_micro:
         coll.optimizer_step(optimizer, scaler)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
     return float(loss.detach())
 
 
@@ -224,8 +224,13 @@ def _device(coll: Collectives):
 def train_rank(plan: dict, engine: str) -> dict | None:
     """Train on this rank. Returns the result dict on rank 0 and None elsewhere (the engines return one
     process's value; rank 0 also writes it as ``result.json`` in the run folder)."""
+    import warnings
+
     import torch
 
+    # Petastorm 0.13 on pyarrow 14 warns about every legacy-dataset call, per reader, per epoch.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
+    warnings.filterwarnings("ignore", message=".*A value is trying to be set on a copy.*")
     torch.set_num_threads(int(plan["train"]["threads_per_proc"]))
     coll = for_engine(engine)
     _setup_logging(plan, coll.rank)

@@ -69,6 +69,10 @@ def training_curves_png(history: Sequence[dict], *, title: str = "Training curve
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         values = [entry.get(key, math.nan) for entry in history]
         left.plot(epochs, values, marker="o", label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend()
