@@ -11,28 +11,10 @@ import pytest
 
 from classeg.archive import (ArchiveError, FetchError, Manifest, fetch, list_archive, mark_run_complete,
                              objects_frame)
-from s3util import (FaultProxy, aws_test_env, direct_client, put_objects, start_moto, stop_moto,
-                    test_s3_cfg)
+from s3util import FaultProxy, put_objects, test_s3_cfg
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """A moto S3 server for this module, with dummy credentials in the environment."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in aws_test_env().items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_PROFILE", raising=False)
-        server, endpoint_url = start_moto()
-        try:
-            yield endpoint_url
-        finally:
-            stop_moto(server)
-
-
-@pytest.fixture(scope="module")
-def s3(moto_endpoint):
-    """A plain boto3 client for arranging buckets and objects."""
-    return direct_client(moto_endpoint)
+# moto_endpoint and s3 (a moto S3 server on 127.0.0.1 and a client) come from tests/conftest.py.
 
 
 def _bucket(s3, name: str) -> str:

@@ -11,7 +11,6 @@ import pytest
 from classeg.cli import main
 from classeg.config import load_config
 from classeg.emr import aws
-from tests.s3util import aws_test_env, start_moto, stop_moto
 
 REPO = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
@@ -20,17 +19,9 @@ SCHEDULER_ROLE = "arn:aws:iam::123456789012:role/classeg-scheduler"
 
 
 @pytest.fixture(scope="module")
-def emr_moto():
-    """A moto server (EMR, Step Functions, Scheduler, S3) for this module, with dummy credentials in the env."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in aws_test_env().items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_PROFILE", raising=False)
-        server, endpoint_url = start_moto()
-        try:
-            yield endpoint_url
-        finally:
-            stop_moto(server)
+def emr_moto(moto_endpoint):
+    """The session's moto server on 127.0.0.1 (EMR, Step Functions, Scheduler, S3; tests/conftest.py)."""
+    return moto_endpoint
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import pytest
 
 from classeg import __version__
 from classeg.emr import wheelhouse
-from tests.s3util import aws_test_env, start_moto, stop_moto
 
 REPO = Path(__file__).resolve().parents[2]
 BOOTSTRAP = REPO / "emr" / "bootstrap.sh"
@@ -78,17 +77,9 @@ def isolated_pip():
 
 
 @pytest.fixture(scope="module")
-def emr_moto():
-    """A moto S3 server for this module, with dummy credentials in the environment."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in aws_test_env().items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_PROFILE", raising=False)
-        server, endpoint_url = start_moto()
-        try:
-            yield endpoint_url
-        finally:
-            stop_moto(server)
+def emr_moto(moto_endpoint):
+    """The session's moto server on 127.0.0.1 (EMR, Step Functions, Scheduler, S3; tests/conftest.py)."""
+    return moto_endpoint
 
 
 @pytest.fixture(scope="module")

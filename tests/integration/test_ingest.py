@@ -2,10 +2,8 @@
 input. Expected values come from the generator's ground truth, not from the job."""
 from __future__ import annotations
 
-import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

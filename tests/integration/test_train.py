@@ -1,0 +1,242 @@
+"""`classeg train` end to end on local[2]: real multi-process training with both engines (Horovod with Gloo,
+TorchDistributor with torchrun/Gloo), real Petastorm shards, checkpoints, resume, the artifact and
+`classeg evaluate`. One tiny synthetic LGG table (32x32 slices) serves every test.
+
+Runs: Horovod classifier 2 epochs (run "full"), Horovod classifier 1 epoch then resumed to 2 (run "resumed"),
+TorchDistributor segmenter 2 epochs. Each costs ~30-40 s on 2 cores, mostly process start-up.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from classeg.artifact import load_artifact
+from classeg.config import load_config
+from classeg.datasets import synthetic
+from classeg.etl import read_scan_table, run_ingest
+from classeg.training import checkpoints, run_training
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, spark):
+    root = tmp_path_factory.mktemp("train-data")
+    synthetic.write_lgg(root / "data", patients=8, seed=3, image_size=SIZE, slices_per_patient=(7, 9),
+                        tumor_fraction=0.5, duplicate_copy=False)
+    cfg = load_config(overrides=["ingest.dataset=lgg", f"ingest.input={root / 'data'}",
+                                 f"ingest.output={root / 'table'}", f"ingest.image_size={SIZE}",
+                                 "ingest.split=[0.5, 0.25, 0.25]", "spark.master=local[2]"])
+    run_ingest(spark, cfg)
+    frame, summary = read_scan_table(spark, str(root / "table"))
+    rows = frame.select("scan_id", "split", "label", "has_tumor").toPandas()
+    return root / "table", rows, summary
+
+
+def _cfg(scans, output, *extra):
+    return load_config(overrides=[
+        "spark.master=local[2]", f"train.scans={scans}", f"train.output={output}", f"train.image_size={SIZE}",
+        "train.batch_size=4", "train.epochs=2", "train.num_proc=2", "train.threads_per_proc=1",
+        "train.record_shards=true", "train.eval_before_training=true", "train.seed=7", *extra])
+
+
+def _weights(run_dir: Path) -> dict:
+    return checkpoints.load(str(run_dir / "checkpoints" / "last.pt"))["model"]
+
+
+def _assert_shards(result, rows, *, splits):
+    for split, expected in splits.items():
+        parts = result["shards"][split]
+        assert len(parts) == 2 and all(parts), f"{split}: every rank reads a non-empty shard"
+        assert not set(parts[0]) & set(parts[1]), f"{split}: ranks read disjoint shards"
+        assert set(parts[0]) | set(parts[1]) == expected, f"{split}: the shards cover the split"
+
+
+@pytest.fixture(scope="module")
+def classifier_run(table, spark, tmp_path_factory):
+    scans, rows, summary = table
+    output = tmp_path_factory.mktemp("cls-out")
+    result = run_training(spark, _cfg(scans, output, "train.task=classify", "train.engine=horovod",
+                                      "train.run_id=full", "train.lr=0.002"))
+    return result, output
+
+
+def test_horovod_classifier_trains_on_disjoint_shards(classifier_run, table):
+    result, output = classifier_run
+    scans, rows, summary = table
+    _assert_shards(result, rows, splits={s: set(rows.scan_id[rows.split == s]) for s in ("train", "val", "test")})
+    assert result["engine"] == "horovod" and result["world_size"] == 2
+    assert len(set(result["rank_checksums"])) == 1, "parameters and buffers identical on both ranks"
+    assert [h["epoch"] for h in result["history"]] == [1, 2] and result["start_epoch"] == 1
+    assert result["history"][-1]["val_loss"] < result["initial_val"]["loss"], "validation loss went down"
+    assert result["test"]["samples"] == (rows.split == "test").sum()
+
+
+def test_classifier_artifact_loads_alone_and_predicts(classifier_run, table):
+    result, output = classifier_run
+    scans, rows, summary = table
+    artifact_dir = output / "runs" / "full" / "model"
+    assert result["artifact"] == str(artifact_dir)
+    for name in ("model.json", "weights.pt", "metrics.json", "confusion_matrix.png", "training_curves.png"):
+        assert (artifact_dir / name).is_file(), name
+        assert (output / "model" / name).read_bytes() == (artifact_dir / name).read_bytes()
+    artifact = load_artifact(str(artifact_dir))
+    meta = artifact.meta
+    assert artifact.class_names == summary["class_names"] == ["no_tumor", "tumor"]
+    assert meta["data"]["rows"] == {s: int((rows.split == s).sum()) for s in ("train", "val", "test")}
+    assert meta["input"]["size"] == SIZE and meta["history"] == result["history"]
+    assert meta["metrics"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
+    image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    probabilities = artifact.model.predict_proba(torch.from_numpy(artifact.preprocess(image))[None])
+    assert probabilities.shape == (1, 2) and float(probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
+    # the artifact carries the best checkpoint's weights
+    best = checkpoints.load(str(output / "runs" / "full" / "checkpoints" / "best.pt"))
+    assert best["epoch"] == result["best_epoch"]
+    for key, value in best["model"].items():
+        assert torch.equal(artifact.model.state_dict()[key], value), key
+
+
+def test_resume_matches_uninterrupted_run(classifier_run, table, spark, tmp_path):
+    result, output = classifier_run
+    scans, rows, summary = table
+    first = run_training(spark, _cfg(scans, output, "train.task=classify", "train.engine=horovod",
+                                     "train.run_id=resumed", "train.lr=0.002", "train.epochs=1"))
+    assert first["epochs_completed"] == 1 and not first["resumed"]
+    second = run_training(spark, _cfg(scans, output, "train.task=classify", "train.engine=horovod",
+                                      "train.run_id=resumed", "train.lr=0.002", "train.epochs=2"))
+    assert second["resumed"] and second["start_epoch"] == 2
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    assert second["history"][0] == first["history"][0]
+    resumed, uninterrupted = _weights(output / "runs" / "resumed"), _weights(output / "runs" / "full")
+    assert resumed.keys() == uninterrupted.keys()
+    for key in uninterrupted:
+        assert torch.allclose(resumed[key].float(), uninterrupted[key].float(), atol=1e-6), key
+    assert second["history"][1]["train_loss"] == pytest.approx(result["history"][1]["train_loss"], rel=1e-5)
+
+
+def test_evaluate_command_rescores_the_artifact(classifier_run, table, tmp_path):
+    from classeg.cli import main
+
+    result, output = classifier_run
+    scans, rows, summary = table
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", result["artifact"], "--scans", str(scans), "--output", str(out),
+                 "--set", "spark.master=local[2]"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rows"] == (rows.split == "test").sum()
+    assert metrics["metrics"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
+    assert metrics["metrics"]["confusion_matrix"] == result["test"]["confusion_matrix"]
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_torch_distributor_segmenter(table, spark, tmp_path):
+    scans, rows, summary = table
+    result = run_training(spark, _cfg(scans, tmp_path, "train.task=segment", "train.engine=torch",
+                                      "train.base_filters=4", "train.lr=0.01", "train.loss=bce_dice",
+                                      "train.run_id=seg"))
+    tumour = rows[rows.has_tumor == True]  # noqa: E712
+    _assert_shards(result, rows, splits={"train": set(tumour.scan_id[tumour.split == "train"]),
+                                         "val": set(tumour.scan_id[tumour.split == "val"]),
+                                         "test": set(rows.scan_id[rows.split == "test"])})
+    assert result["engine"] == "torch" and len(set(result["rank_checksums"])) == 1
+    assert result["history"][-1]["val_loss"] < result["initial_val"]["loss"]
+    artifact = load_artifact(result["artifact"], expect_task="segment")
+    assert artifact.meta["input"]["zscore"] is True and artifact.meta["input"]["channels"] == 3
+    image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    probabilities = artifact.model.predict_proba(torch.from_numpy(artifact.preprocess(image))[None])
+    assert probabilities.shape == (1, 1, SIZE, SIZE)
+    assert float(probabilities.min()) >= 0 and float(probabilities.max()) <= 1
+    folder = Path(result["artifact"])
+    for name in ("dice_histogram.png", "overlays.png", "metrics.json"):
+        assert (folder / name).is_file(), name
+    assert result["test"]["images"] == (rows.split == "test").sum()
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def _variant(spark, table, tmp_path, *, transform=None, summary_edit=None):
+    """A copy of the scan table with rows transformed and/or its summary edited."""
+    scans, rows, summary = table
+    target = tmp_path / "variant"
+    frame, _ = read_scan_table(spark, str(scans))
+    if transform is not None:
+        frame = transform(frame)
+    frame.write.partitionBy("split").parquet(str(target / "scans"))
+    edited = dict(summary)
+    if summary_edit:
+        edited.update(summary_edit)
+    (target / "summary.json").write_text(json.dumps(edited))
+    return target
+
+
+def _fails(spark, cfg, match):
+    with pytest.raises(ValueError, match=match):
+        run_training(spark, cfg)
+    runs = Path(cfg.train.output) / "runs"
+    assert not list(runs.glob("*/checkpoints")), "no worker started"
+
+
+def test_empty_split_is_rejected(table, spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    scans = _variant(spark, table, tmp_path, transform=lambda f: f.filter(F.col("split") != "val"))
+    _fails(spark, _cfg(scans, tmp_path / "out", "train.task=classify"), r"'val' split .* has no rows")
+
+
+def test_missing_scan_table_is_rejected(spark, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_training(spark, _cfg(tmp_path / "nothing", tmp_path / "out", "train.task=classify"))
+
+
+def test_segmenter_needs_masks(table, spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    scans = _variant(spark, table, tmp_path, transform=lambda f: f.withColumn("mask", F.lit(None).cast("binary")))
+    _fails(spark, _cfg(scans, tmp_path / "out", "train.task=segment"), "has no masks")
+
+
+def test_segmenter_image_size_multiple_of_16(table, spark, tmp_path):
+    scans, rows, summary = table
+    _fails(spark, _cfg(scans, tmp_path / "out", "train.task=segment", "train.image_size=40"),
+           "multiple of 16.*40")
+
+
+def test_weights_with_other_class_names_are_rejected(classifier_run, table, spark, tmp_path):
+    result, output = classifier_run
+    scans = _variant(spark, table, tmp_path, summary_edit={"class_names": ["healthy", "glioma"]})
+    _fails(spark, _cfg(scans, tmp_path / "out", "train.task=classify", f"train.weights={result['artifact']}"),
+           r"class names \['no_tumor', 'tumor'\].*\['healthy', 'glioma'\]")
+    checkpoint = output / "runs" / "full" / "checkpoints" / "last.pt"
+    _fails(spark, _cfg(scans, tmp_path / "out", "train.task=classify", f"train.weights={checkpoint}"),
+           r"class names \['no_tumor', 'tumor'\]")
+
+
+def test_missing_engine_says_how_to_install(table, spark, tmp_path, monkeypatch):
+    import sys
+
+    scans, rows, summary = table
+    monkeypatch.setitem(sys.modules, "horovod.spark", None)  # import horovod.spark -> ImportError
+    _fails(spark, _cfg(scans, tmp_path / "out", "train.task=classify", "train.engine=horovod"),
+           "engine 'horovod' is not usable.*make setup")
+
+
+def test_too_many_processes_for_a_split(table, spark, tmp_path):
+    scans, rows, summary = table
+    many = int((rows.split == "test").sum()) + 1
+    _fails(spark, _cfg(scans, tmp_path / "out", "train.task=classify", f"train.num_proc={many}"),
+           f"fewer than --num-proc {many}")
+
+
+def test_cli_train_reports_bad_input(table, tmp_path, capsys):
+    from classeg.cli import main
+
+    scans, rows, summary = table
+    code = main(["train", "--task", "segment", "--scans", str(scans), "--output", str(tmp_path),
+                 "--image-size", "24", "--set", "spark.master=local[2]"])
+    assert code == 1
+    assert "multiple of 16" in capsys.readouterr().err
+    shutil.rmtree(tmp_path, ignore_errors=True)
