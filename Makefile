@@ -48,7 +48,8 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 lint: setup
-	shellcheck emr/bootstrap.sh
+	$(PY) -m pyflakes lib jobs tests benchmarks
+	shellcheck emr/bootstrap.sh tools/build_horovod.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info lib/*.egg-info

@@ -72,3 +72,15 @@ def evaluate(args, cfg: Config) -> dict:
     spark = get_spark(cfg, app_name="classeg-evaluate")
     return evaluate_artifact(spark, model=args.model, scans=args.scans, output=args.output, split=args.split,
                              batch_size=cfg.score.batch_size, s3_cfg=cfg)
+
+
+def score(args, cfg: Config) -> dict:
+    """`classeg score --archive URI --classifier URI [--segmenter URI] --output URI [--full] ...`: Class-Seg
+    scoring of an archive into the scores table, incremental by default. Models and config are checked before
+    the SparkSession starts; returns the run summary (the CLI prints it)."""
+    from classeg.scoring import ScoreJob
+    from classeg.spark import get_spark
+
+    job = ScoreJob.from_config(cfg)
+    spark = get_spark(cfg, app_name="classeg-score")
+    return job.run(spark)

@@ -57,8 +57,8 @@ class DemoSettings:
     archive_image_size: int = 128
     seed: int = 0
     canonical_size: int = 64     # ingest.image_size
-    epochs: int = 4              # train.epochs, both models
-    segmenter_epochs: int = 6
+    epochs: int = 8              # train.epochs (classifier)
+    segmenter_epochs: int = 25   # the segmenter's epochs are cheap (tumour slices only)
     batch_size: int = 16
     base_filters: int = 8
     num_proc: int = 2
@@ -294,7 +294,8 @@ def _train(pipe: Pipeline, cfg, settings: DemoSettings, task: str, stage: str, i
     from classeg.report import find_artifact
 
     started = time.time()
-    output = Path(pipe.locations["classifier" if task == "classify" else "segmenter"])
+    role = "classifier" if task == "classify" else "segmenter"
+    output = pipe.workdir / LOCATIONS[role]
     available, why = stage_available("train")
     if not available:
         pipe.record(stage, status="unavailable", seconds=0, note=why)
@@ -306,6 +307,7 @@ def _train(pipe: Pipeline, cfg, settings: DemoSettings, task: str, stage: str, i
     run_id = f"demo-{task}-{fp[:8]}"
     previous = pipe.reusable(stage, fp)
     if previous and previous.get("artifact") and find_artifact(previous["artifact"], task):
+        pipe.locations[role] = previous["artifact"]
         pipe.record(stage, status="reused", seconds=time.time() - started, output=previous["artifact"],
                     fingerprint=fp, note=f"artifact of run {run_id}", artifact=previous["artifact"],
                     model_id=previous.get("model_id"), run_id=run_id)
@@ -313,6 +315,7 @@ def _train(pipe: Pipeline, cfg, settings: DemoSettings, task: str, stage: str, i
     result = call(["train", "--task", task, "--scans", pipe.locations["scans"], "--output", str(output),
                    "--run-id", run_id, "--epochs", str(epochs)])
     artifact = _artifact_location(result, output, task)
+    pipe.locations[role] = artifact  # the report shows this run's artifact, not whichever is newest
     meta = json.loads((Path(artifact) / "model.json").read_text(encoding="utf-8"))
     resumed = isinstance(result, dict) and (result.get("resumed") or result.get("reused") or result.get("skipped"))
     pipe.record(stage, status="ran", seconds=time.time() - started, output=artifact, fingerprint=fp,

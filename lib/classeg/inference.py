@@ -42,7 +42,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -473,7 +473,6 @@ def _score_stream(frames: Iterable[pd.DataFrame], predictor: ClassSegPredictor, 
     """The shared loop of :func:`score_frame` and :func:`score_partition`: objects in, rows out, one
     DataFrame per batch. Batch k+1 is fetched and decoded by the thread pool while batch k is in the model,
     so at most two batches of decoded scans are held (memory is flat in the number of objects)."""
-    needs_s3 = None
     load = None
     with ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="classeg-fetch") as pool:
         queue: deque[tuple[pd.DataFrame, list[Future]]] = deque()
@@ -492,8 +491,7 @@ def _score_stream(frames: Iterable[pd.DataFrame], predictor: ClassSegPredictor, 
             if load is None:
                 # One client per task (its connection pool is shared by the loader threads); local archives
                 # need none. Built lazily: a task without objects makes no client.
-                needs_s3 = parse_uri(objects["uri"].iloc[0]).scheme == "s3"
-                client = s3_client(s3_cfg) if needs_s3 else None
+                client = s3_client(s3_cfg) if parse_uri(objects["uri"].iloc[0]).scheme == "s3" else None
                 load = functools.partial(_load_scan, prepare=predictor.prepare, s3_cfg=s3_cfg, max_bytes=max_bytes,
                                          client=client)
             queue.append((objects, [pool.submit(load, uri, key) for uri, key in

@@ -151,9 +151,43 @@ def read_test_split(scans: Path, columns, *, max_scans: int) -> pd.DataFrame:
     return frame.sort_values("scan_id", kind="mergesort").head(max_scans).reset_index(drop=True)
 
 
+def _run_folders(scores: Path) -> list[tuple[str, Path]]:
+    """(run_id, folder) of every ``run_date=D/run_id=R`` folder of a scores table. Folder names are matched
+    percent-decoded too (``run_date%3D...``), as Hadoop writes them when given a percent-encoded file URI."""
+    from urllib.parse import unquote
+
+    found = []
+    for date_dir in sorted(p for p in scores.iterdir() if p.is_dir()):
+        if not unquote(date_dir.name).startswith("run_date="):
+            continue
+        for run_dir in sorted(p for p in date_dir.iterdir() if p.is_dir()):
+            name = unquote(run_dir.name)
+            if name.startswith("run_id="):
+                found.append((name[len("run_id="):], run_dir))
+    return found
+
+
+def _read_scores_table(scores: Path, columns, rows_filter=None) -> pd.DataFrame:
+    """Rows of the completed runs of a scores table (those with a ``_runs/<run_id>.json`` marker, as
+    :func:`classeg.scoring.read_scores` reads them), with ``run_id``. A table without run folders is read as a
+    plain (hive-partitioned) Parquet folder."""
+    folders = _run_folders(scores)
+    if not folders:
+        return _read_parquet_dir(scores, columns=columns, filter_expression=rows_filter)
+    completed = {r.get("run_id") for r in read_runs(scores)}
+    parts = []
+    for run_id, folder in folders:
+        if run_id not in completed:
+            continue
+        frame = _read_parquet_dir(folder, columns=[c for c in columns if c != "run_id"],
+                                  filter_expression=rows_filter)
+        parts.append(frame.assign(run_id=run_id))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(columns))
+
+
 def read_scores(scores: Path) -> pd.DataFrame:
-    """The newest row per ``source_uri`` of a scores table (without mask bytes)."""
-    frame = _read_parquet_dir(scores, columns=SCORE_COLUMNS)
+    """The newest row per ``source_uri`` of the completed runs of a scores table (without mask bytes)."""
+    frame = _read_scores_table(scores, SCORE_COLUMNS)
     if frame.empty:
         return frame
     if "scored_at" in frame:
@@ -162,13 +196,13 @@ def read_scores(scores: Path) -> pd.DataFrame:
 
 
 def read_score_masks(scores: Path, source_uris) -> dict[str, bytes]:
-    """source_uri -> predicted mask PNG bytes, for the given scans (newest row wins)."""
+    """source_uri -> predicted mask PNG bytes, for the given scans (newest row of the completed runs wins)."""
     import pyarrow.dataset as ds
 
     if not source_uris:
         return {}
-    frame = _read_parquet_dir(scores, columns=["source_uri", "mask", "scored_at"],
-                              filter_expression=ds.field("source_uri").isin(list(source_uris)))
+    frame = _read_scores_table(scores, ["source_uri", "mask", "scored_at"],
+                               ds.field("source_uri").isin(list(source_uris)))
     if "scored_at" in frame:
         frame = frame.sort_values("scored_at", kind="mergesort")
     return {row.source_uri: row.mask for row in frame.itertuples() if row.mask is not None}
@@ -295,6 +329,9 @@ def _history_frame(history) -> pd.DataFrame:
     return frame
 
 
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1_macro", "dice", "dice_tumour", "iou_tumour")
+
+
 def plot_history(history, path: Path, title: str) -> str | None:
     """Training curves: losses on the left, every other numeric per-epoch value on the right."""
     frame = _history_frame(history)
@@ -305,6 +342,8 @@ def plot_history(history, path: Path, title: str) -> str | None:
     skip = ("seconds", "time", "lr", "learning_rate", "samples", "images", "step")
     losses = [c for c in numeric if "loss" in c]
     others = [c for c in numeric if c not in losses and not any(s in c for s in skip)]
+    headline = [c for c in others if c.split("_", 1)[-1] in HEADLINE_METRICS or c in HEADLINE_METRICS]
+    others = headline or others  # per-class and averaged variants crowd the plot; the table has them
     if not losses and not others:
         return None
     plt = _pyplot()

@@ -6,6 +6,7 @@ Expected numbers come from the fixtures (ingest summary, the metrics we record, 
 from the report."""
 from __future__ import annotations
 
+import datetime as dt
 import html as htmllib
 import json
 import os
@@ -15,8 +16,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -27,6 +26,8 @@ from classeg.config import load_config
 from classeg.datasets import synthetic
 from classeg.demo import save_archive_truth
 from classeg.etl import run_ingest
+from classeg.inference import SCORES_SCHEMA_DDL
+from classeg.scoring import run_path
 
 SIZE = 32
 RECORDED = {"accuracy": 0.875, "roc_auc": 0.91, "balanced_accuracy": 0.8, "loss": 0.35}
@@ -64,19 +65,22 @@ def _segmenter_artifact(path: Path) -> None:
                   history=history, metrics=RECORDED_SEG)
 
 
-def _scores_table(scores: Path, archive_root: Path, truth: dict) -> dict:
-    """Scores for every archive file: the truth, except the first true-tumour scan is predicted no tumour;
-    broken files are error rows. Returns the expected outcome counts."""
+def _scores_table(spark, scores: Path, archive_root: Path, truth: dict) -> dict:
+    """Scores for every archive file, written where and how the scoring job writes them (a completed run and
+    an incomplete one that must be ignored): the truth, except the first true-tumour scan is predicted no
+    tumour; broken files are error rows. Returns the expected outcome counts."""
     objects = list(archive.list_archive(str(archive_root)))
     by_path = {s["path"]: s for s in truth["slices"]}
     flipped = next(s["path"] for s in truth["slices"] if s["has_tumor"])
+    scored_at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     rows = []
     for obj in objects:
-        row = {"source_uri": obj.uri, "key": obj.key, "etag": obj.etag, "size": obj.size, "mtime": obj.mtime,
+        row = {"source_uri": obj.uri, "key": obj.key, "etag": obj.etag, "size": obj.size,
+               "mtime": dt.datetime.fromtimestamp(obj.mtime, dt.timezone.utc), "version": obj.version,
                "status": "ok", "error": None, "label": None, "label_name": None, "probabilities": None,
                "tumor_probability": None, "tumor": None, "mask": None, "mask_area_px": None, "mask_fraction": None,
-               "bbox": None, "height": None, "width": None, "classifier_id": "classify-test", "segmenter_id":
-               "segment-test", "scored_at": pd_timestamp(), "run_id": "run-1"}
+               "bbox": None, "height": None, "width": None, "classifier_id": "classify-test",
+               "segmenter_id": "segment-test", "scored_at": scored_at}
         if obj.key in BROKEN_ERRORS:
             row.update(status="error", error=BROKEN_ERRORS[obj.key])
         else:
@@ -90,31 +94,22 @@ def _scores_table(scores: Path, archive_root: Path, truth: dict) -> dict:
                        mask_area_px=int(mask.sum()) if tumor else None,
                        mask_fraction=float(mask.mean()) if tumor else None)
         rows.append(row)
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("source_uri", pa.string()), ("key", pa.string()), ("etag", pa.string()), ("size", pa.int64()),
-        ("mtime", pa.float64()), ("status", pa.string()), ("error", pa.string()), ("label", pa.int32()),
-        ("label_name", pa.string()), ("probabilities", pa.list_(pa.float32())), ("tumor_probability", pa.float32()),
-        ("tumor", pa.bool_()), ("mask", pa.binary()), ("mask_area_px", pa.int64()), ("mask_fraction", pa.float64()),
-        ("bbox", pa.list_(pa.int32())), ("height", pa.int32()), ("width", pa.int32()),
-        ("classifier_id", pa.string()), ("segmenter_id", pa.string()), ("scored_at", pa.timestamp("us", "UTC")),
-        ("run_id", pa.string())]))
-    (scores / "run_date=2026-01-02").mkdir(parents=True)
-    pq.write_table(table, scores / "run_date=2026-01-02" / "part-00000.parquet")
+    frame = spark.createDataFrame(rows, schema=SCORES_SCHEMA_DDL)
+    frame.coalesce(1).write.parquet(run_path(str(scores), "2026-01-02", "run-1"))
+    # A crashed later run: rows on disk, no marker. Readers must ignore it (it would flip every answer).
+    crashed = [{**r, "status": "error", "error": "fetch_failed: S3 kept failing",
+                "scored_at": scored_at + dt.timedelta(days=1)} for r in rows]
+    spark.createDataFrame(crashed, schema=SCORES_SCHEMA_DDL).coalesce(1).write.parquet(
+        run_path(str(scores), "2026-01-03", "run-2"))
     ok = [r for r in rows if r["status"] == "ok"]
     archive.mark_run_complete(str(scores), run_date="2026-01-02", run_id="run-1",
                               summary={"listed": len(rows), "pending": len(rows), "scored": len(rows), "ok": len(ok),
-                                       "errors": len(rows) - len(ok)})
+                                       "errors": len(rows) - len(ok), "rows_written": len(rows)})
     true_tumour = [s for s in truth["slices"] if s["has_tumor"]]
     return {"files": len(rows), "ok": len(ok), "errors": len(rows) - len(ok),
             "tumor": sum(1 for r in ok if r["tumor"]),
             "archive_accuracy": (len(ok) - 1) / len(ok),
             "archive_dice": (len(true_tumour) - 1) / len(true_tumour)}
-
-
-def pd_timestamp():
-    import datetime as dt
-
-    return dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +127,7 @@ def workdir(tmp_path_factory, spark):
     _segmenter_artifact(root / "models" / "segmenter" / "artifact")
     truth = synthetic.write_archive(root / "data" / "archive", seed=2, count=8, image_size=40)
     save_archive_truth(truth, root / "data" / "archive_truth.json")
-    expected = _scores_table(root / "scores", root / "data" / "archive", truth)
+    expected = _scores_table(spark, root / "scores", root / "data" / "archive", truth)
     assert main(["report", "--workdir", str(root)]) == 0
     return root, ingest, expected
 
@@ -268,3 +263,14 @@ def test_report_renders_in_chromium(workdir, tmp_path):
     run = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile3'}", "--dump-dom",
                           index.as_uri()], capture_output=True, text=True, timeout=120)
     assert f"scans in the scan table {ingest['scans']}" in _text(run.stdout)
+
+
+def test_report_reads_the_scores_the_scoring_reader_reads(workdir, spark):
+    """Only completed runs count, newest row per file: the same rows as classeg.scoring.read_scores."""
+    from classeg.scoring import read_scores
+
+    root, _, expected = workdir
+    rows = read_scores(spark, str(root / "scores"), latest=True).select("status").toPandas()
+    keys = json.loads((root / "report" / "summary.json").read_text())["key_numbers"]
+    assert len(rows) == keys["archive_scored"] == expected["files"]
+    assert int((rows["status"] == "error").sum()) == keys["scoring_errors"] == expected["errors"]

@@ -9,7 +9,7 @@ shard's size and the number of steps that lets every rank run the SAME number of
 DDP hang when one rank stops early). ``row_groups`` is a multiple of the number of processes, so shards differ
 by at most ``row_groups / processes`` rows.
 
-Rank side (``open_loader``): ``converter.make_torch_dataloader(cur_shard=rank, shard_count=size, ...)`` with a
+Rank side (``open_loader``, ``epoch_batches``): ``converter.make_torch_dataloader(cur_shard=rank, shard_count=size, ...)`` with a
 `TransformSpec` that decodes the PNG bytes, augments (train split only) and preprocesses exactly as scoring
 does (`classeg.transforms.preprocess_for_model`). Data order is a function of (seed, epoch) only: one reader
 thread, row-group order shuffled with a per-epoch seed, a row shuffling buffer driven by numpy's global
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,7 +143,16 @@ def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows
     row_groups = row_group_count(rows, processes)
     dealt = deal_rows(spark, task_frame(frame, split=split, task=task, tumor_only=tumor_only),
                       row_groups=row_groups, seed=seed)
-    converter = make_spark_converter(dealt, parquet_row_group_size_bytes=ROW_GROUP_BYTES)
+    petastorm_log = logging.getLogger("petastorm.spark.spark_dataset_converter")
+    level = petastorm_log.level
+    # Small files are deliberate here (one row group per file, known shard sizes); so is float32.
+    petastorm_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            converter = make_spark_converter(dealt, parquet_row_group_size_bytes=ROW_GROUP_BYTES)
+    finally:
+        petastorm_log.setLevel(level)
     # Petastorm reads files in list order and shards row groups by index: fix the order (part-00000, ...).
     converter.file_urls = sorted(converter.file_urls)
     if len(converter) != rows or len(converter.file_urls) != row_groups:
@@ -211,16 +221,31 @@ def make_transform_spec(*, task: str, input_spec: dict, augment: bool, seed: int
 
 
 def open_loader(data: SplitData, *, task: str, input_spec: dict, batch_size: int, rank: int, size: int,
-                seed: int, epoch: int, train: bool, augment: bool):
-    """Context manager yielding this rank's Petastorm torch DataLoader for one epoch.
+                seed: int, epoch: int, train: bool, augment: bool, pass_index: int = 0):
+    """Context manager yielding this rank's Petastorm torch DataLoader: one pass over the shard.
 
-    ``train=True``: an endless reader (the loop takes `SplitData.steps` batches), row groups shuffled with a
-    per-epoch seed, a row shuffling buffer, augmentation if ``augment``. ``train=False``: one ordered pass over
-    the shard."""
+    ``train=True``: row groups shuffled and a row shuffling buffer, both seeded by (seed, epoch, pass_index),
+    augmentation if ``augment``. ``train=False``: the shard in order. The last batch may be short."""
     spec = make_transform_spec(task=task, input_spec=input_spec, augment=augment and train, seed=seed,
                                epoch=epoch)
     capacity = min(SHUFFLE_BATCHES * batch_size, max(data.shard_rows)) if train else 0
+    reader_seed = (seed * 1_000_003 + epoch * 1009 + pass_index) % (1 << 32) if train else seed % (1 << 32)
     return data.converter.make_torch_dataloader(
-        batch_size=batch_size, num_epochs=None if train else 1, workers_count=1,
-        shuffling_queue_capacity=capacity, cur_shard=rank, shard_count=size, transform_spec=spec,
-        reader_pool_type="thread", shuffle_row_groups=train, seed=(seed * 100_003 + epoch) if train else seed)
+        batch_size=batch_size, num_epochs=1, workers_count=1, shuffling_queue_capacity=capacity,
+        cur_shard=rank, shard_count=size, transform_spec=spec, reader_pool_type="thread",
+        shuffle_row_groups=train, seed=reader_seed)
+
+
+def epoch_batches(data: SplitData, *, steps: int, **loader_options):
+    """Exactly ``steps`` training batches for this rank: whole passes over its shard (so every row of the
+    shard is seen each epoch), then as much of a further pass as the shards' unequal sizes require. Use
+    with `contextlib.closing` so the reader stops when the loop has its batches."""
+    produced, pass_index = 0, 0
+    while produced < steps:
+        with open_loader(data, train=True, pass_index=pass_index, **loader_options) as loader:
+            for batch in loader:
+                produced += 1
+                yield batch
+                if produced == steps:
+                    return
+        pass_index += 1

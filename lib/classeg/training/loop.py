@@ -15,6 +15,7 @@ writes the model artifact, ``metrics.json`` and figures.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -330,10 +331,8 @@ def run(plan: dict, coll: Collectives) -> dict:
         keys = set() if record and "train" not in shards else None
         bar = _progress(micro_steps, rank == 0, f"epoch {epoch + 1}/{epochs}")
         every = max(1, micro_steps // PROGRESS_LINES)
-        with _open(plan, "train", rank=rank, size=size, epoch=epoch, train=True) as loader:
-            batches = iter(loader)
-            for micro in range(micro_steps):
-                batch = next(batches)
+        with contextlib.closing(_train_batches(plan, rank=rank, size=size, epoch=epoch, steps=micro_steps)) as batches:
+            for micro, batch in enumerate(batches):
                 if keys is not None:
                     keys.update(int(k) for k in batch["scan_key"])
                 images, target = _batch_to_device(batch, task, device, channels_last)
@@ -438,6 +437,14 @@ def _open(plan: dict, split: str, *, rank: int, size: int, epoch: int, train: bo
                        batch_size=int(plan["train"]["batch_size"]), rank=rank, size=size,
                        seed=int(plan["train"]["seed"]), epoch=epoch, train=train,
                        augment=bool(plan["train"]["augment"]))
+
+
+def _train_batches(plan: dict, *, rank: int, size: int, epoch: int, steps: int):
+    from classeg.training.data import epoch_batches
+
+    return epoch_batches(plan["data"]["train"], steps=steps, task=plan["task"], input_spec=plan["input_spec"],
+                         batch_size=int(plan["train"]["batch_size"]), rank=rank, size=size,
+                         seed=int(plan["train"]["seed"]), epoch=epoch, augment=bool(plan["train"]["augment"]))
 
 
 def _finish(plan: dict, *, model, history, test, dice, samples, best, best_epoch, monitor, start_epoch,

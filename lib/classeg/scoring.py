@@ -1,0 +1,335 @@
+"""The scoring job: list an archive, score what is new with Class-Seg in ``mapInPandas`` tasks, write the
+scores table, record the manifest, mark the run complete.
+
+Order of work (:class:`ScoreJob`), all on the driver except step 5:
+
+1. check the config and load both model artifacts once (wrong or missing artifacts, a classifier whose
+   classes have no tumour meaning: errors before any work);
+2. list the archive (:func:`classeg.archive.list_archive`; an unreadable archive fails here);
+3. load the manifest beside the output and keep the objects not scored yet (``--full``: all of them);
+4. turn them into a DataFrame spread over ``score.partitions`` partitions (0: 4 per core of
+   ``defaultParallelism``, never more than the objects);
+5. ``mapInPandas(classeg.inference.score_partition)`` and write ``<output>/run_date=D/run_id=R/`` (Parquet,
+   mode overwrite: re-running a failed run id replaces its rows);
+6. read the run back: every pending object must be there exactly once; count statuses and error kinds;
+7. fail with :class:`classeg.cli.JobFailed` if the error rate passes ``score.max_error_rate`` (the run's
+   summary goes to ``<output>/_failed_runs/<run_id>.json``; nothing is recorded, so a re-run scores it all
+   again); otherwise record the manifest (:meth:`classeg.archive.Manifest.record`) and then mark the run
+   complete (``<output>/_runs/<run_id>.json`` with the summary).
+
+Table layout and readers
+------------------------
+``<output>/run_date=YYYY-MM-DD/run_id=R/part-*.parquet`` holds the rows of run R (columns
+:data:`classeg.inference.SCORES_SCHEMA_DDL`; ``run_date`` and ``run_id`` come from the folder names). A run that
+crashed, or failed its error-rate check, leaves a folder without a ``_runs/R.json`` marker. Its objects were
+not recorded in the manifest, so the next run scores them again: a reader that took every folder would count
+those objects twice. :func:`read_scores` therefore reads only completed runs (and, with ``latest=True``, only
+the newest row per object, for archives rescored with ``--full`` or new models). Readers that list the files
+themselves (pyarrow, Athena) should filter ``run_id`` to the runs listed under ``_runs/``.
+
+Concurrent runs on the same output are not supported (each would score the same new objects).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+import pandas as pd
+
+from classeg.archive import (
+    ArchiveLocation,
+    Manifest,
+    OBJECTS_SCHEMA_DDL,
+    error_kind,
+    list_archive,
+    mark_run_complete,
+    objects_frame,
+    parse_uri,
+)
+from classeg.config import Config
+from classeg.inference import SCORES_SCHEMA_DDL, ClassSegPredictor, ScoreSettings, score_partition
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FAILED_RUNS_DIR", "SCORES_TABLE_DDL", "ScoreJob", "read_scores", "run_score", "run_path"]
+
+FAILED_RUNS_DIR = "_failed_runs"
+# The table as read back: the row schema plus the two partition folders.
+SCORES_TABLE_DDL = SCORES_SCHEMA_DDL + ", run_date date, run_id string"
+_MANIFEST_CHUNK_ROWS = 200_000
+_PARTITIONS_PER_CORE = 4
+
+
+def _spark_path(location: ArchiveLocation, original: str) -> str:
+    """The URI Spark should use: ``file:///abs`` locally (never resolved against a default HDFS), the
+    user's own scheme on S3 (``s3://`` on EMR, ``s3a://`` with hadoop-aws)."""
+    if location.scheme == "file":
+        return location.uri
+    scheme = original.split(":", 1)[0].lower()
+    return f"{scheme}://{location.bucket}/{location.prefix}".rstrip("/")
+
+
+def run_path(output: str, run_date: str, run_id: str) -> str:
+    """Where run ``run_id`` of ``run_date`` writes its rows, as a URI Spark can write to."""
+    location = parse_uri(output)
+    return _spark_path(location.child(f"run_date={run_date}/run_id={run_id}"), str(output))
+
+
+def _default_run_id(now: dt.datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class ScoreJob:
+    """One scoring run, planned and checked on the driver. Build with :meth:`from_config`, run with :meth:`run`."""
+
+    archive: str
+    output: str
+    settings: ScoreSettings
+    classifier_id: str
+    segmenter_id: str | None
+    run_id: str
+    run_date: str
+    run_id_given: bool
+    full: bool
+    max_error_rate: float
+    partitions: int
+    arrow_batch_size: int
+    s3: dict
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, now: dt.datetime | None = None) -> "ScoreJob":
+        """Check ``cfg.score`` and load the model artifacts once on the driver, so that a missing or wrong
+        artifact, or a classifier without tumour meaning, fails before any work. Raises ValueError (incl.
+        TumorClassError) or FileNotFoundError naming the problem."""
+        from classeg.spark import ensure_driver
+
+        ensure_driver("ScoreJob.from_config")
+        score = cfg.score
+        missing = [flag for flag, value in (("--archive", score.archive), ("--classifier", score.classifier),
+                                            ("--output", score.output)) if not value]
+        if missing:
+            raise ValueError(f"score needs {', '.join(missing)} (see classeg score --help)")
+        if score.partitions < 0:
+            raise ValueError(f"score.partitions must be >= 0 (0: about {_PARTITIONS_PER_CORE} per core), "
+                             f"got {score.partitions!r}")
+        if score.arrow_batch_size < 0:
+            raise ValueError(f"score.arrow_batch_size must be >= 0 (0: spark.arrow_batch_size), "
+                             f"got {score.arrow_batch_size!r}")
+        tumor_classes = score.tumor_classes
+        if not isinstance(tumor_classes, list) or not all(isinstance(name, str) for name in tumor_classes):
+            raise ValueError(f"score.tumor_classes must be a list of class names, got {tumor_classes!r}")
+        for name, uri in (("archive", score.archive), ("output", score.output)):
+            parse_uri(uri)  # ValueError naming a bad URI
+        now = now or dt.datetime.now(dt.timezone.utc)
+        run_date = score.run_date or now.date().isoformat()
+        try:
+            if dt.date.fromisoformat(str(run_date)).isoformat() != str(run_date):
+                raise ValueError(run_date)
+        except ValueError:
+            raise ValueError(f"score.run_date must be YYYY-MM-DD, got {run_date!r}") from None
+        run_id = score.run_id or _default_run_id(now)
+        settings = ScoreSettings(
+            classifier=str(score.classifier), segmenter=str(score.segmenter) if score.segmenter else None,
+            tumor_classes=tuple(tumor_classes), tumor_threshold=score.tumor_threshold,
+            mask_threshold=score.mask_threshold, batch_size=score.batch_size,
+            max_bytes=score.max_object_mb * 2**20, s3=cfg.s3.to_dict(), fetch_threads=score.fetch_threads,
+            torch_threads=score.torch_threads, device=score.device, amp=score.amp, channels_last=score.channels_last)
+        from classeg.archive import _check_run_id  # the manifest's own rule for run ids
+
+        _check_run_id(run_id)
+        # Load on the driver once: checks tasks, weights checksums, architectures and the tumour mapping.
+        predictor = ClassSegPredictor.load(settings.classifier, settings.segmenter, s3_cfg=settings.s3,
+                                           device="cpu", tumor_classes=settings.tumor_classes)
+        job = cls(archive=str(score.archive), output=str(score.output), settings=settings,
+                  classifier_id=predictor.classifier_id, segmenter_id=predictor.segmenter_id, run_id=run_id,
+                  run_date=str(run_date), run_id_given=bool(score.run_id), full=bool(score.full),
+                  max_error_rate=float(score.max_error_rate), partitions=int(score.partitions),
+                  arrow_batch_size=int(score.arrow_batch_size or cfg.spark.arrow_batch_size),
+                  s3=cfg.s3.to_dict())
+        tumour = [predictor.class_names[i] for i in predictor.tumor_indices]
+        log.info("score: classifier %s (tumour classes %s), segmenter %s; run %s (%s)", job.classifier_id, tumour,
+                 job.segmenter_id or "none", run_id, run_date)
+        return job
+
+    # ------------------------------------------------------------------------------------------ running
+    def _configure(self, spark) -> None:
+        conf = spark.sparkContext.getConf()
+        if conf.get("spark.python.worker.reuse", "true").lower() != "true":
+            log.warning("spark.python.worker.reuse is off: every task starts a Python worker and loads the "
+                        "models again (set spark.python_worker_reuse: true)")
+        # Objects per Arrow batch into each task (the task re-cuts them into batches of score.batch_size).
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.arrow_batch_size))
+        spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+
+    def _partitions(self, spark, count: int) -> int:
+        wanted = self.partitions or _PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism
+        return max(1, min(wanted, count))
+
+    def run(self, spark) -> dict:
+        """Run the job on ``spark``; returns the run summary (also logged and written with the run marker).
+        Raises :class:`classeg.archive.ArchiveError` for an unusable archive or output and
+        :class:`classeg.cli.JobFailed` when the error rate passes ``score.max_error_rate``."""
+        from classeg.cli import JobFailed
+        from classeg.spark import ensure_driver
+
+        ensure_driver("ScoreJob.run")
+        started = time.perf_counter()
+        self._configure(spark)
+        objects = objects_frame(list_archive(self.archive, s3_cfg=self.s3))
+        listed_seconds = time.perf_counter() - started
+        manifest = Manifest.load(self.output, s3_cfg=self.s3)
+        if self.run_id_given and self.run_id in manifest.completed_runs():
+            raise ValueError(f"run {self.run_id!r} is already complete in {self.output}; choose a new score.run_id")
+        pending = objects if self.full else manifest.pending(objects)
+        summary: dict[str, Any] = {
+            "run_id": self.run_id, "run_date": self.run_date, "archive": self.archive, "output": self.output,
+            "classifier_id": self.classifier_id, "segmenter_id": self.segmenter_id, "full": self.full,
+            "listed": len(objects), "pending": len(pending), "skipped": len(objects) - len(pending),
+            "scored": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_rate": 0.0, "tumor": 0,
+            "rows_written": 0, "partitions": 0, "listing_seconds": round(listed_seconds, 3),
+            "scoring_seconds": 0.0, "images_per_s": 0.0, "seconds": 0.0,
+            "tumor_threshold": self.settings.tumor_threshold, "batch_size": self.settings.batch_size,
+        }
+        log.info("score: %d objects listed, %d already scored, %d to score", len(objects), summary["skipped"],
+                 len(pending))
+        if len(pending):
+            summary.update(self._score(spark, pending))
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        if summary["error_rate"] > self.max_error_rate:
+            failed_marker = self._write_failed(summary)
+            raise JobFailed(
+                f"score run {self.run_id}: error rate {summary['error_rate']:.3f} ({summary['errors']} of "
+                f"{summary['scored']} objects; by reason {summary['errors_by_reason']}) is above "
+                f"score.max_error_rate={self.max_error_rate}; nothing recorded, the run is not complete (summary "
+                f"in {failed_marker})")
+        if summary["rows_written"]:
+            self._record(spark, manifest)
+        summary["marker"] = mark_run_complete(self.output, run_date=self.run_date, run_id=self.run_id,
+                                              summary=summary, s3_cfg=self.s3)
+        log.info("score run %s complete: %d listed, %d scored (%d ok, %d errors %s), %d skipped, %d tumour, "
+                 "%.1f images/s, %.1f s", self.run_id, summary["listed"], summary["scored"], summary["ok"],
+                 summary["errors"], summary["errors_by_reason"], summary["skipped"], summary["tumor"],
+                 summary["images_per_s"], summary["seconds"])
+        return summary
+
+    def _score(self, spark, pending: pd.DataFrame) -> dict:
+        from pyspark.sql import functions as F
+
+        from classeg.cli import JobFailed
+
+        partitions = self._partitions(spark, len(pending))
+        target = run_path(self.output, self.run_date, self.run_id)
+        started = time.perf_counter()
+        objects = spark.createDataFrame(pending, schema=OBJECTS_SCHEMA_DDL).repartition(partitions)
+        scored = objects.mapInPandas(partial(score_partition, settings=self.settings), schema=SCORES_SCHEMA_DDL)
+        spark.sparkContext.setJobDescription(f"classeg score {self.run_id}: {len(pending)} objects")
+        try:
+            scored.write.mode("overwrite").parquet(target)
+        finally:
+            spark.sparkContext.setJobDescription(None)
+        scoring_seconds = time.perf_counter() - started
+        written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(target)
+        counts = (written.groupBy("status", F.substring_index("error", ":", 1).alias("kind"), "tumor")
+                  .agg(F.count(F.lit(1)).alias("rows")).collect())
+        rows = sum(row["rows"] for row in counts)
+        distinct = written.select("source_uri", "version").distinct().count()
+        if rows != len(pending) or distinct != len(pending):
+            raise JobFailed(f"score run {self.run_id}: wrote {rows} rows for {distinct} distinct objects, expected "
+                            f"exactly one row for each of {len(pending)} objects (in {target})")
+        by_reason = Counter()
+        ok = tumor = 0
+        for row in counts:
+            if row["status"] == "ok":
+                ok += row["rows"]
+                tumor += row["rows"] if row["tumor"] else 0
+            else:
+                by_reason[row["kind"] or "unknown"] += row["rows"]
+        errors = sum(by_reason.values())
+        return {"scored": rows, "ok": ok, "errors": errors, "errors_by_reason": dict(sorted(by_reason.items())),
+                "error_rate": round(errors / rows, 6) if rows else 0.0, "tumor": tumor, "rows_written": rows,
+                "partitions": partitions, "scoring_seconds": round(scoring_seconds, 3),
+                "images_per_s": round(rows / scoring_seconds, 3) if scoring_seconds > 0 else 0.0,
+                "path": target}
+
+    def _record(self, spark, manifest: Manifest) -> None:
+        """Add the run's finished objects to the manifest, in bounded chunks (never the whole table at once)."""
+        from pyspark.sql import functions as F
+
+        written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(run_path(self.output, self.run_date, self.run_id))
+        rows = written.select(F.col("source_uri").alias("uri"), "version", "status", "error").toLocalIterator()
+        for chunk in _chunks(rows, _MANIFEST_CHUNK_ROWS):
+            manifest.record(self.run_id, pd.DataFrame(chunk, columns=["uri", "version", "status", "error"]))
+
+    def _write_failed(self, summary: dict) -> str:
+        from classeg.artifact import write_bytes
+
+        location = parse_uri(self.output).child(f"{FAILED_RUNS_DIR}/{self.run_id}.json")
+        marker = {"run_id": self.run_id, "run_date": self.run_date, "status": "failed",
+                  "failed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "summary": summary}
+        target = location.uri if location.scheme == "s3" else location.path
+        write_bytes(target, json.dumps(marker, indent=2, sort_keys=True, default=str).encode("utf-8"), s3_cfg=self.s3)
+        return location.uri
+
+    def describe(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "s3"}
+
+
+def _chunks(rows: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for row in rows:
+        chunk.append(tuple(row))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_score(spark, cfg: Config) -> dict:
+    """Plan (:meth:`ScoreJob.from_config`) and run the scoring job described by ``cfg.score``; the summary."""
+    return ScoreJob.from_config(cfg).run(spark)
+
+
+def read_scores(spark, output: str | os.PathLike, *, latest: bool = False, include_incomplete: bool = False,
+                s3_cfg: Any = None):
+    """The scores table at ``output`` as a Spark DataFrame (:data:`SCORES_TABLE_DDL`: the rows plus
+    ``run_date`` and ``run_id``).
+
+    Only runs marked complete (``_runs/<run_id>.json``) are read, so rows of a crashed or failed run, whose
+    objects the next run scores again, are never counted twice. ``include_incomplete=True`` reads every run
+    folder (for debugging). ``latest=True`` keeps one row per object URI: the newest by ``scored_at`` (an
+    object rescored with ``--full`` or after it changed has one row per run that scored it).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    location = parse_uri(output)
+    base = _spark_path(location, str(output))
+    reader = spark.read.schema(SCORES_TABLE_DDL).option("basePath", base)
+    if include_incomplete:
+        paths = [base] if _has_runs(location, s3_cfg) else []
+    else:
+        runs = Manifest.load(output, s3_cfg=s3_cfg).completed_runs()
+        paths = [run_path(output, marker["run_date"], run_id) for run_id, marker in runs.items()
+                 if marker.get("summary", {}).get("rows_written")]
+    frame = reader.parquet(*paths) if paths else spark.createDataFrame([], SCORES_TABLE_DDL)
+    if latest:
+        newest = Window.partitionBy("source_uri").orderBy(F.col("scored_at").desc(), F.col("run_id").desc())
+        frame = frame.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
+    return frame
+
+
+def _has_runs(location: ArchiveLocation, s3_cfg: Any) -> bool:
+    if location.scheme == "file":
+        return os.path.isdir(location.path) and any(name.startswith("run_date=") for name in os.listdir(location.path))
+    return True

@@ -1,0 +1,250 @@
+"""The Class-Seg predictor without Spark: classeg.inference.score_frame on real files in every format, with
+fixture models trained on synthetic phantoms (tests/scoring_models.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from classeg import imaging
+from classeg.archive import list_archive, objects_frame
+from classeg.datasets import synthetic
+from classeg.inference import (
+    SCORE_COLUMNS,
+    ClassSegPredictor,
+    ScoreSettings,
+    TumorClassError,
+    _bbox,
+    _rebatch,
+    resolve_tumor_classes,
+    score_frame,
+)
+from scoring_models import save_classifier, trained_models
+
+ARCHIVE_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return trained_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def predictor(models):
+    return ClassSegPredictor.load(models["classifier"], models["segmenter"])
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("archive") / "scans"
+    truth = synthetic.write_archive(root, seed=ARCHIVE_SEED, count=24, image_size=64)
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def scored(archive, predictor):
+    root, _ = archive
+    objects = objects_frame(list_archive(root))
+    return objects, score_frame(objects, predictor, batch_size=5, fetch_threads=3)
+
+
+def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
+    return 2.0 * float((predicted & truth).sum()) / float(predicted.sum() + truth.sum())
+
+
+def test_one_row_per_object_in_order_with_the_schema_columns(scored, archive):
+    objects, rows = scored
+    _, truth = archive
+    assert len(objects) == len(truth["slices"]) + len(truth["broken"]) == 28
+    assert list(rows.columns) == list(SCORE_COLUMNS)
+    assert rows["source_uri"].tolist() == objects["uri"].tolist()
+    assert rows["version"].tolist() == objects["version"].tolist()
+    assert rows["size"].tolist() == objects["size"].tolist()
+    assert set(rows["status"]) == {"ok", "error"}
+    assert rows["classifier_id"].str.startswith("classify-resnet18-").all()
+    assert rows["segmenter_id"].str.startswith("segment-resunet-").all()
+
+
+def test_broken_files_become_error_rows_with_their_reason(scored):
+    _, rows = scored
+    errors = rows[rows["status"] == "error"].set_index("key")
+    kinds = errors["error"].str.split(":").str[0].to_dict()
+    assert kinds == {"corrupt.tif": "undecodable", "empty.png": "empty", "notes.txt": "unsupported",
+                     "truncated.jpg": "truncated"}
+    assert errors[["label", "label_name", "probabilities", "tumor", "mask", "height"]].isna().all().all()
+
+
+def test_labels_match_the_phantom_truth(scored, archive):
+    _, rows = scored
+    _, truth = archive
+    ok = rows[rows["status"] == "ok"].set_index("key")
+    assert len(ok) == 24
+    expected = {entry["path"]: entry["has_tumor"] for entry in truth["slices"]}
+    correct = [bool(ok.at[key, "tumor"]) == has_tumor for key, has_tumor in expected.items()]
+    assert np.mean(correct) >= 0.9, ok[["label_name", "tumor_probability"]]
+    # The binary classifier: label_name agrees with the tumour flag at threshold 0.5.
+    assert (ok["label_name"].eq("tumor") == ok["tumor"].astype(bool)).all()
+    probabilities = np.stack(ok["probabilities"].to_numpy())
+    assert probabilities.shape == (24, 2) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert np.allclose(ok["tumor_probability"].astype(float), probabilities[:, 1], atol=1e-6)
+    assert (ok["height"] == 64).all() and (ok["width"] == 64).all()
+
+
+def test_tumour_scans_get_masks_at_original_size_and_others_none(scored, archive):
+    _, rows = scored
+    _, truth = archive
+    ok = rows[rows["status"] == "ok"].set_index("key")
+    tumour, other = ok[ok["tumor"] == True], ok[ok["tumor"] == False]  # noqa: E712
+    assert len(tumour) and len(other)
+    assert other[["mask", "mask_area_px", "mask_fraction", "bbox"]].isna().all().all()
+    scores = []
+    for key, row in tumour.iterrows():
+        mask = imaging.decode_png(row["mask"]) > 0
+        assert mask.shape == (row["height"], row["width"])
+        assert row["mask_area_px"] == mask.sum()
+        assert row["mask_fraction"] == pytest.approx(mask.sum() / mask.size)
+        if mask.any():
+            assert list(row["bbox"]) == _bbox(mask)
+        entry = next(e for e in truth["slices"] if e["path"] == key)
+        if entry["has_tumor"]:
+            scores.append(dice(mask, entry["mask"]))
+    assert len(scores) >= 8 and np.mean(scores) >= 0.5, scores
+
+
+def test_masks_are_resized_back_to_a_non_square_original(predictor, tmp_path):
+    rng = np.random.default_rng(3)
+    image, truth_mask = synthetic.phantom_slice(rng, size=64, anatomy=synthetic.random_anatomy(rng), slice_pos=0.5,
+                                                lesion=synthetic.random_lesion(rng, kind="glioma"),
+                                                contrasts=("FLAIR",))
+    wide = np.asarray(Image.fromarray(np.rint(image[..., 0] * 255).astype(np.uint8)).resize((96, 64)))
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    predictor.tumor_threshold = 0.0  # force segmentation whatever the classifier says
+    try:
+        row = score_frame(objects_frame(list_archive(tmp_path)), predictor).iloc[0]
+    finally:
+        predictor.tumor_threshold = 0.5
+    assert row["status"] == "ok" and row["tumor"] and (row["height"], row["width"]) == (64, 96)
+    mask = imaging.decode_png(row["mask"])
+    assert mask.shape == (64, 96) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_threshold_one_segments_nothing(predictor, archive):
+    root, _ = archive
+    objects = objects_frame(list_archive(root)).head(8)
+    predictor.tumor_threshold = 1.0
+    try:
+        rows = score_frame(objects, predictor)
+    finally:
+        predictor.tumor_threshold = 0.5
+    ok = rows[rows["status"] == "ok"]
+    assert (ok["tumor_probability"] < 1.0).all()  # a softmax never quite reaches 1 in float32 here
+    assert not ok["tumor"].any() and ok["mask"].isna().all()
+
+
+def test_fetch_errors_become_rows(predictor, archive, tmp_path):
+    root, _ = archive
+    objects = objects_frame(list_archive(root)).head(3).copy()
+    objects.loc[0, "uri"] = (tmp_path / "gone.png").as_uri()
+    rows = score_frame(objects, predictor, max_bytes=100)  # every real scan is larger than 100 bytes
+    assert rows["error"].str.split(":").str[0].tolist() == ["not_found", "too_large", "too_large"]
+    assert (rows["status"] == "error").all()
+
+
+def test_classify_only_without_segmenter(models, archive):
+    root, _ = archive
+    predictor = ClassSegPredictor.load(models["classifier"])
+    rows = score_frame(objects_frame(list_archive(root)).head(10), predictor)
+    assert rows["segmenter_id"].isna().all() and rows["mask"].isna().all()
+    assert rows.loc[rows["status"] == "ok", "tumor"].notna().all()
+
+
+def test_empty_objects_give_an_empty_frame(predictor):
+    rows = score_frame(objects_frame([]), predictor)
+    assert rows.empty and list(rows.columns) == list(SCORE_COLUMNS)
+
+
+def test_wrong_and_missing_artifacts_raise(models, tmp_path):
+    with pytest.raises(ValueError, match="is a 'segment' model, expected a 'classify' model"):
+        ClassSegPredictor.load(models["segmenter"])
+    with pytest.raises(ValueError, match="expected a 'segment' model"):
+        ClassSegPredictor.load(models["classifier"], models["classifier"])
+    with pytest.raises(FileNotFoundError, match="no model artifact"):
+        ClassSegPredictor.load(str(tmp_path / "nothing"))
+
+
+def test_classes_without_tumour_meaning_need_a_mapping(tmp_path):
+    from classeg.models import build_classifier
+
+    model = build_classifier(arch="resnet18", num_classes=2, input_size=32)
+    save_classifier(tmp_path / "pets", model, ["cat", "dog"])
+    with pytest.raises(TumorClassError, match=r"no tumour / no-tumour meaning.*score.tumor_classes"):
+        ClassSegPredictor.load(str(tmp_path / "pets"))
+    predictor = ClassSegPredictor.load(str(tmp_path / "pets"), tumor_classes=["dog"])
+    assert predictor.tumor_indices == [1]
+
+
+@pytest.mark.parametrize("names, meta, override, expected", [
+    (["no_tumor", "tumor"], ["tumor"], (), [1]),
+    (["yes", "no"], ["yes"], (), [0]),
+    (["glioma", "meningioma", "notumor", "pituitary"], ["glioma", "meningioma", "pituitary"], (), [0, 1, 3]),
+    (["Astrocitoma T1", "_NORMAL T1"], ["Astrocitoma T1"], (), [0]),
+    (["meningioma", "glioma", "pituitary"], ["meningioma", "glioma", "pituitary"], (), [0, 1, 2]),
+    (["cat", "dog"], ["cat"], (), [0]),  # model.json chose a mapping that differs from the default: trusted
+    (["cat", "dog"], ["cat", "dog"], ("dog",), [1]),
+    (["no_tumor", "tumor"], ["tumor"], ("no_tumor", "tumor"), [0, 1]),
+])
+def test_resolve_tumor_classes(names, meta, override, expected):
+    assert resolve_tumor_classes(names, meta, override) == expected
+
+
+@pytest.mark.parametrize("names, meta, override, message", [
+    (["cat", "dog"], ["cat", "dog"], (), "no tumour / no-tumour meaning"),
+    (["no_tumor", "tumor"], ["tumor"], ("tumour",), "names classes the classifier does not have"),
+    (["no", "normal"], [], (), "no class of"),
+    (["no_tumor", "tumor"], ["tumor", "other"], (), "model.json tumor_classes"),
+])
+def test_resolve_tumor_classes_rejects(names, meta, override, message):
+    with pytest.raises(TumorClassError, match=message):
+        resolve_tumor_classes(names, meta, override)
+
+
+@pytest.mark.parametrize("mask, expected", [
+    (np.zeros((4, 5), bool), None),
+    (np.pad(np.ones((1, 1), bool), ((2, 1), (3, 1))), [3, 2, 4, 3]),
+    (np.pad(np.ones((2, 3), bool), ((0, 2), (1, 1))), [1, 0, 4, 2]),
+])
+def test_bbox_is_half_open_x0_y0_x1_y1(mask, expected):
+    assert _bbox(mask) == expected
+
+
+def test_rebatch_recuts_frames_in_order():
+    frames = [pd.DataFrame({"i": range(0, 5)}), pd.DataFrame({"i": range(5, 6)}), pd.DataFrame({"i": range(6, 13)})]
+    batches = list(_rebatch(frames, 4))
+    assert [len(b) for b in batches] == [4, 4, 4, 1]
+    assert pd.concat(batches)["i"].tolist() == list(range(13))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tumor_threshold": 1.5}, "tumor_threshold must be a number in"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"device": "tpu"}, "device must be one of"),
+    ({"classifier": ""}, "classifier must be an artifact URI"),
+])
+def test_score_settings_reject_bad_values(kwargs, message):
+    values = {"classifier": "/models/c", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ScoreSettings(**values)
+
+
+def test_score_frame_rejects_frames_without_object_columns(predictor):
+    with pytest.raises(ValueError, match="objects lack columns"):
+        score_frame(pd.DataFrame({"uri": ["file:///x.png"]}), predictor)
+
+
+def test_dicom_and_mat_are_decoded_like_training(scored, archive):
+    _, rows = scored
+    ok = rows[rows["status"] == "ok"]
+    formats = {key.rsplit(".", 1)[1] for key in ok["key"]}
+    assert formats == set(synthetic.ARCHIVE_FORMATS)
