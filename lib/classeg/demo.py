@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -238,7 +238,7 @@ def _synth(pipe: Pipeline, settings: DemoSettings) -> str:
     from classeg.datasets import synthetic
 
     started = time.time()
-    fp = _fingerprint("synth", asdict(settings)["patients"], settings.slices_per_patient, settings.synth_image_size,
+    fp = _fingerprint("synth", settings.patients, settings.slices_per_patient, settings.synth_image_size,
                       settings.archive_count, settings.archive_image_size, settings.seed)
     loc = pipe.locations
     lgg, archive, truth_json = Path(loc["lgg"]), Path(loc["archive"]), Path(loc["archive_truth"])
@@ -257,7 +257,7 @@ def _synth(pipe: Pipeline, settings: DemoSettings) -> str:
                                     image_size=settings.synth_image_size,
                                     slices_per_patient=tuple(settings.slices_per_patient))
     archive_truth = synthetic.write_archive(archive, seed=settings.seed + 1, count=settings.archive_count,
-                                            image_size=settings.archive_image_size)
+                                            image_size=settings.archive_image_size, style="lgg")
     save_archive_truth(archive_truth, truth_json)
     pipe.record("synth", status="ran", seconds=time.time() - started, output=str(lgg.parent), fingerprint=fp,
                 note=f"{len(lgg_truth['slices'])} LGG slices of {settings.patients} patients; archive of "
@@ -360,8 +360,8 @@ def _score(pipe: Pipeline, models: dict, call: Callable) -> None:
     result = call(argv) or {}
     scored = _first(result, "scored", "new", "pending", "rows")
     status = "ran" if scored else "reused"
-    note = (f"models changed: rescored everything; " if changed else "") + \
-        f"{scored if scored is not None else '?'} new files scored" + \
+    count = scored if scored is not None else "?"
+    note = (f"models changed: all {count} files rescored" if changed else f"{count} new files scored") + \
         (f", {result['skipped']} already scored" if isinstance(result.get("skipped"), int) else "")
     pipe.record("score", status=status, seconds=time.time() - started, output=scores, note=note, model_ids=ids,
                 run_id=result.get("run_id"), scored=scored)

@@ -24,7 +24,6 @@ selecting only the columns needed.
 from __future__ import annotations
 
 import html
-import io
 import json
 import logging
 import math

@@ -380,3 +380,16 @@ def test_folders_hidden_subjects_have_no_patient_id(tmp_path):
     assert {e["subject"] for e in truth["slices"]} <= {0, 1}
     assert len({e["subject"] for e in truth["slices"]}) == 2
     assert all(e["patient_id"] is None for e in truth["slices"])
+
+
+def test_archive_lgg_style_matches_the_lgg_training_data(tmp_path):
+    truth = synthetic.write_archive(tmp_path / "a", seed=3, count=12, image_size=32, style="lgg", broken=False)
+    for entry in truth["slices"]:
+        path = tmp_path / "a" / entry["path"]
+        if entry["format"] in ("tif", "png", "webp"):
+            array = tifffile.imread(path) if entry["format"] == "tif" else np.asarray(Image.open(path))
+            assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+        assert entry["kind"] in (None, "low_grade_glioma") and entry["has_tumor"] == bool(entry["mask"].any())
+    assert {e["has_tumor"] for e in truth["slices"]} == {True, False}
+    with pytest.raises(ValueError, match="style must be 'mixed' or 'lgg', got 'x'"):
+        synthetic.write_archive(tmp_path / "b", style="x")

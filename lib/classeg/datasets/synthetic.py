@@ -631,7 +631,7 @@ def write_folders(output: str | os.PathLike, *, patients: int | None = None, see
 
 
 def write_archive(output: str | os.PathLike, *, seed: int = 0, count: int = 24, image_size: int = 64,
-                  broken: bool = True, formats: Sequence[str] = ARCHIVE_FORMATS) -> dict:
+                  broken: bool = True, formats: Sequence[str] = ARCHIVE_FORMATS, style: str = "mixed") -> dict:
     """Write an unlabelled folder of ``count`` scans for the scoring job, ``scan_<i>.<ext>`` in the root and
     (every third) in ``batch_02/``, cycling over ``formats``: ``tif`` LGG-style (H, W, 3) uint8, ``jpg``
     grayscale JPEG, ``png`` and ``webp`` RGB, ``mat`` figshare-style v7.3 (always with a tumour, as in
@@ -639,7 +639,13 @@ def write_archive(output: str | os.PathLike, *, seed: int = 0, count: int = 24, 
     RescaleSlope/RescaleIntercept; modality values = stored * slope + intercept). About half the scans have a
     lesion; the truth entry keeps its exact ``mask``. With ``broken``, adds ``corrupt.tif`` (valid TIFF header,
     then garbage), ``empty.png`` (0 bytes), ``notes.txt`` (text) and ``truncated.jpg`` (first half of a JPEG),
-    listed under ``broken`` with kinds corrupt_tiff, empty, text, truncated_jpeg."""
+    listed under ``broken`` with kinds corrupt_tiff, empty, text, truncated_jpeg.
+
+    ``style="lgg"`` makes every scan an LGG-style low-grade-glioma slice (pre-contrast, FLAIR, post-contrast):
+    3-channel for tif/png/webp/jpg, the FLAIR channel alone for the single-channel formats (mat, dcm), so a
+    model trained on LGG data scores an archive of its own kind of scans (the demo's archive)."""
+    if style not in ("mixed", "lgg"):
+        raise ValueError(f"style must be 'mixed' or 'lgg', got {style!r}")
     _check_int("seed", seed, minimum=0)
     _check_int("count", count, minimum=1)
     _check_int("image_size", image_size, minimum=MIN_IMAGE_SIZE)
@@ -659,7 +665,7 @@ def write_archive(output: str | os.PathLike, *, seed: int = 0, count: int = 24, 
     slices: list[dict] = []
     for index in range(count):
         fmt = formats[slot[index] % len(formats)]
-        has_lesion = fmt == "mat" or tumour_slot[index] % 2 == 0
+        has_lesion = (fmt == "mat" and style == "mixed") or tumour_slot[index] % 2 == 0
         irng = np.random.default_rng([seed, index])
         anatomy = random_anatomy(irng)
         folder = "batch_02/" if index % 3 == 2 else ""
@@ -667,27 +673,32 @@ def write_archive(output: str | os.PathLike, *, seed: int = 0, count: int = 24, 
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         entry: dict[str, Any] = {"path": rel, "format": fmt}
         slice_pos = float(irng.uniform(0.35, 0.65))
-        if fmt == "tif":
+        if fmt == "mat":
+            label = int(irng.integers(1, 4))
+        if fmt == "tif" or style == "lgg":
             kind, contrasts = "low_grade_glioma", LGG_CHANNELS
         elif fmt == "mat":
-            label = int(irng.integers(1, 4))
             kind, contrasts = {1: "meningioma", 2: "glioma", 3: "pituitary"}[label], ("T1C+",)
         else:
             kind, contrasts = str(irng.choice(TUMOR_KINDS)), (str(irng.choice(CONTRASTS)),)
         lesion = random_lesion(irng, kind=kind) if has_lesion else None
         image, mask = phantom_slice(irng, size=image_size, anatomy=anatomy, slice_pos=slice_pos, lesion=lesion,
                                     contrasts=contrasts)
+        single = image[..., 1] if style == "lgg" else image[..., 0]  # lgg: the FLAIR channel
         if fmt == "tif":
             tifffile.imwrite(root / rel, _to_uint8(image), photometric="rgb", metadata=None)
         elif fmt == "mat":
             scale = float(irng.uniform(900, 2000))
             _write_figshare_mat(h5py, root / rel, label=label, patient_id=str(int(irng.integers(100000, 1000000))),
-                                image=np.round(image[..., 0] * scale).astype(np.int16), mask=mask,
+                                image=np.round(single * scale).astype(np.int16), mask=mask,
                                 created=_matlab_date(irng))
             entry["figshare_label"] = label
         elif fmt == "dcm":
-            entry.update(_write_dicom(root / rel, irng, image[..., 0], seed=seed, index=index,
-                                      contrast=contrasts[0], signed=index % 2 == 1))
+            entry.update(_write_dicom(root / rel, irng, single, seed=seed, index=index,
+                                      contrast=contrasts[1] if style == "lgg" else contrasts[0],
+                                      signed=index % 2 == 1))
+        elif style == "lgg":
+            _save_pil(Image, root / rel, _to_uint8(image), fmt)
         else:
             gray = _to_uint8(image[..., 0])
             pixels = gray if fmt == "jpg" else np.repeat(gray[..., None], 3, axis=-1)
