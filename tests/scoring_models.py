@@ -9,6 +9,7 @@ done once per pytest process (``trained_models`` memoises), about 40 s on 2 idle
 from __future__ import annotations
 
 import functools
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,8 +110,33 @@ def save_segmenter(uri, model, size: int = SIZE) -> dict:
                          input_spec=spec)
 
 
+def _cache_dir() -> Path | None:
+    """``$CLASSEG_TEST_MODEL_CACHE/<hash of this file and torch's version>``, when that variable is set: a
+    developer convenience for iterating on a loaded machine. Unset (the default, and in `make test`), the
+    models are trained in every session."""
+    import hashlib
+    import os
+
+    import torch
+
+    base = os.environ.get("CLASSEG_TEST_MODEL_CACHE")
+    if not base:
+        return None
+    digest = hashlib.sha256(Path(__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    return Path(base) / digest
+
+
 @functools.lru_cache(maxsize=1)
 def _trained(root: str) -> dict:
+    cache = _cache_dir()
+    if cache is not None and (cache / "segmenter" / "model.json").is_file():
+        return {"classifier": str(cache / "classifier"), "segmenter": str(cache / "segmenter"), "root": str(cache),
+                "seconds": 0.0}
+    models = _train_and_save(str(cache) if cache is not None else root)
+    return models
+
+
+def _train_and_save(root: str) -> dict:
     import torch
 
     threads = torch.get_num_threads()
@@ -118,13 +144,14 @@ def _trained(root: str) -> dict:
     try:
         started = time.perf_counter()
         root_path = Path(root)
-        scans, labels, masks, _ = decoded_archive(root_path / "train-archive", seed=TRAIN_SEED, count=TRAIN_COUNT)
+        with tempfile.TemporaryDirectory(prefix="classeg-train-archive-") as scratch:
+            scans, labels, masks, _ = decoded_archive(Path(scratch) / "archive", seed=TRAIN_SEED, count=TRAIN_COUNT)
         classifier = _train_classifier(scans, labels)
         segmenter = _train_segmenter(scans, labels, masks)
         classifier_uri = root_path / "classifier"
         segmenter_uri = root_path / "segmenter"
         save_classifier(classifier_uri, classifier, ["no_tumor", "tumor"])
-        save_segmenter(segmenter_uri, segmenter)
+        save_segmenter(segmenter_uri, segmenter)  # written last: its model.json marks a complete cache entry
         return {"classifier": str(classifier_uri), "segmenter": str(segmenter_uri), "root": root,
                 "seconds": time.perf_counter() - started}
     finally:

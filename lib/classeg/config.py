@@ -9,6 +9,7 @@ A `Config` is a plain nested dict underneath, so it pickles cheaply to executors
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -129,6 +130,8 @@ def _coerce(dotted: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{dotted} must be one of {list(choices)}, got {value!r}")
         return value
     if default is None:
+        if isinstance(value, datetime.date):  # YAML reads an unquoted 2026-01-31 (e.g. score.run_date) as a date
+            return value.isoformat()
         if value is None or isinstance(value, (str, int, float)):
             return None if value is None else (str(value) if not isinstance(value, (int, float)) else value)
         raise ConfigError(f"{dotted} expects a string (path, URI or id) or null, got {value!r}")

@@ -37,9 +37,8 @@ import logging
 import os
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -49,14 +48,13 @@ from classeg.archive import (
     ArchiveLocation,
     Manifest,
     OBJECTS_SCHEMA_DDL,
-    error_kind,
     list_archive,
     mark_run_complete,
     objects_frame,
     parse_uri,
 )
 from classeg.config import Config
-from classeg.inference import SCORES_SCHEMA_DDL, ClassSegPredictor, ScoreSettings, score_partition
+from classeg.inference import ERROR_KINDS, SCORES_SCHEMA_DDL, ClassSegPredictor, ScoreSettings, score_partition
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +68,13 @@ _PARTITIONS_PER_CORE = 4
 
 
 def _spark_path(location: ArchiveLocation, original: str) -> str:
-    """The URI Spark should use: ``file:///abs`` locally (never resolved against a default HDFS), the
+    """The URI Spark should use: ``file:///abs`` (not percent-encoded) locally, never resolved against a
+    default HDFS; the
     user's own scheme on S3 (``s3://`` on EMR, ``s3a://`` with hadoop-aws)."""
     if location.scheme == "file":
-        return location.uri
+        # Not location.uri: Hadoop parses the string itself, and a percent-encoded "=" would name a folder
+        # "run_date%3D..." that partition discovery does not recognise.
+        return "file://" + location.path
     scheme = original.split(":", 1)[0].lower()
     return f"{scheme}://{location.bucket}/{location.prefix}".rstrip("/")
 
@@ -128,8 +129,7 @@ class ScoreJob:
         tumor_classes = score.tumor_classes
         if not isinstance(tumor_classes, list) or not all(isinstance(name, str) for name in tumor_classes):
             raise ValueError(f"score.tumor_classes must be a list of class names, got {tumor_classes!r}")
-        for name, uri in (("archive", score.archive), ("output", score.output)):
-            parse_uri(uri)  # ValueError naming a bad URI
+        parse_uri(score.archive), parse_uri(score.output)  # ValueError naming a bad URI
         now = now or dt.datetime.now(dt.timezone.utc)
         run_date = score.run_date or now.date().isoformat()
         try:
@@ -162,14 +162,28 @@ class ScoreJob:
         return job
 
     # ------------------------------------------------------------------------------------------ running
-    def _configure(self, spark) -> None:
+    _SESSION_SETTINGS = ("spark.sql.execution.arrow.maxRecordsPerBatch", "spark.sql.execution.arrow.pyspark.enabled")
+
+    def _configure(self, spark) -> dict:
+        """Set the job's session settings; returns the previous values (restored after the run, so a shared
+        session, e.g. a notebook's, is left as it was)."""
         conf = spark.sparkContext.getConf()
         if conf.get("spark.python.worker.reuse", "true").lower() != "true":
             log.warning("spark.python.worker.reuse is off: every task starts a Python worker and loads the "
                         "models again (set spark.python_worker_reuse: true)")
+        previous = {key: spark.conf.get(key, None) for key in self._SESSION_SETTINGS}
         # Objects per Arrow batch into each task (the task re-cuts them into batches of score.batch_size).
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.arrow_batch_size))
         spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+        return previous
+
+    @staticmethod
+    def _restore(spark, previous: dict) -> None:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
     def _partitions(self, spark, count: int) -> int:
         wanted = self.partitions or _PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism
@@ -179,12 +193,19 @@ class ScoreJob:
         """Run the job on ``spark``; returns the run summary (also logged and written with the run marker).
         Raises :class:`classeg.archive.ArchiveError` for an unusable archive or output and
         :class:`classeg.cli.JobFailed` when the error rate passes ``score.max_error_rate``."""
-        from classeg.cli import JobFailed
         from classeg.spark import ensure_driver
 
         ensure_driver("ScoreJob.run")
+        previous = self._configure(spark)
+        try:
+            return self._run(spark)
+        finally:
+            self._restore(spark, previous)
+
+    def _run(self, spark) -> dict:
+        from classeg.cli import JobFailed
+
         started = time.perf_counter()
-        self._configure(spark)
         objects = objects_frame(list_archive(self.archive, s3_cfg=self.s3))
         listed_seconds = time.perf_counter() - started
         manifest = Manifest.load(self.output, s3_cfg=self.s3)
@@ -213,7 +234,7 @@ class ScoreJob:
                 f"score.max_error_rate={self.max_error_rate}; nothing recorded, the run is not complete (summary "
                 f"in {failed_marker})")
         if summary["rows_written"]:
-            self._record(spark, manifest)
+            self._record(spark, manifest, summary["rows_written"])
         summary["marker"] = mark_run_complete(self.output, run_date=self.run_date, run_id=self.run_id,
                                               summary=summary, s3_cfg=self.s3)
         log.info("score run %s complete: %d listed, %d scored (%d ok, %d errors %s), %d skipped, %d tumour, "
@@ -239,35 +260,41 @@ class ScoreJob:
             spark.sparkContext.setJobDescription(None)
         scoring_seconds = time.perf_counter() - started
         written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(target)
-        counts = (written.groupBy("status", F.substring_index("error", ":", 1).alias("kind"), "tumor")
-                  .agg(F.count(F.lit(1)).alias("rows")).collect())
-        rows = sum(row["rows"] for row in counts)
-        distinct = written.select("source_uri", "version").distinct().count()
+        kind = F.substring_index("error", ":", 1)
+        # One aggregation (one Spark job) for the invariant and the summary counts.
+        totals = written.agg(
+            F.count(F.lit(1)).alias("rows"), F.countDistinct("source_uri", "version").alias("distinct"),
+            F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
+            F.sum(F.when((F.col("status") == "ok") & F.col("tumor"), 1).otherwise(0)).alias("tumor"),
+            *[F.sum(F.when((F.col("status") == "error") & (kind == name), 1).otherwise(0)).alias(f"kind_{name}")
+              for name in ERROR_KINDS],
+            F.sum(F.when((F.col("status") == "error") & ~kind.isin(*ERROR_KINDS), 1).otherwise(0)).alias("kind_other"),
+        ).first()
+        rows, distinct = totals["rows"], totals["distinct"]
         if rows != len(pending) or distinct != len(pending):
             raise JobFailed(f"score run {self.run_id}: wrote {rows} rows for {distinct} distinct objects, expected "
                             f"exactly one row for each of {len(pending)} objects (in {target})")
-        by_reason = Counter()
-        ok = tumor = 0
-        for row in counts:
-            if row["status"] == "ok":
-                ok += row["rows"]
-                tumor += row["rows"] if row["tumor"] else 0
-            else:
-                by_reason[row["kind"] or "unknown"] += row["rows"]
-        errors = sum(by_reason.values())
+        by_reason = {name: totals[f"kind_{name}"] for name in (*ERROR_KINDS, "other") if totals[f"kind_{name}"]}
+        ok, tumor = totals["ok"] or 0, totals["tumor"] or 0
+        errors = rows - ok
+        if errors > sum(by_reason.values()):  # error rows without a "<kind>: ..." text (never written by this job)
+            by_reason["unknown"] = errors - sum(by_reason.values())
         return {"scored": rows, "ok": ok, "errors": errors, "errors_by_reason": dict(sorted(by_reason.items())),
                 "error_rate": round(errors / rows, 6) if rows else 0.0, "tumor": tumor, "rows_written": rows,
                 "partitions": partitions, "scoring_seconds": round(scoring_seconds, 3),
                 "images_per_s": round(rows / scoring_seconds, 3) if scoring_seconds > 0 else 0.0,
                 "path": target}
 
-    def _record(self, spark, manifest: Manifest) -> None:
+    def _record(self, spark, manifest: Manifest, rows: int) -> None:
         """Add the run's finished objects to the manifest, in bounded chunks (never the whole table at once)."""
         from pyspark.sql import functions as F
 
         written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(run_path(self.output, self.run_date, self.run_id))
-        rows = written.select(F.col("source_uri").alias("uri"), "version", "status", "error").toLocalIterator()
-        for chunk in _chunks(rows, _MANIFEST_CHUNK_ROWS):
+        done = written.select(F.col("source_uri").alias("uri"), "version", "status", "error")
+        if rows <= _MANIFEST_CHUNK_ROWS:  # small enough for one Arrow collect
+            manifest.record(self.run_id, done.toPandas())
+            return
+        for chunk in _chunks(done.toLocalIterator(), _MANIFEST_CHUNK_ROWS):
             manifest.record(self.run_id, pd.DataFrame(chunk, columns=["uri", "version", "status", "error"]))
 
     def _write_failed(self, summary: dict) -> str:
@@ -279,9 +306,6 @@ class ScoreJob:
         target = location.uri if location.scheme == "s3" else location.path
         write_bytes(target, json.dumps(marker, indent=2, sort_keys=True, default=str).encode("utf-8"), s3_cfg=self.s3)
         return location.uri
-
-    def describe(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "s3"}
 
 
 def _chunks(rows: Iterator, size: int) -> Iterator[list]:

@@ -243,7 +243,7 @@ def test_score_frame_rejects_frames_without_object_columns(predictor):
         score_frame(pd.DataFrame({"uri": ["file:///x.png"]}), predictor)
 
 
-def test_dicom_and_mat_are_decoded_like_training(scored, archive):
+def test_every_archive_format_is_scored(scored):
     _, rows = scored
     ok = rows[rows["status"] == "ok"]
     formats = {key.rsplit(".", 1)[1] for key in ok["key"]}
