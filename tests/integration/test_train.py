@@ -112,6 +112,7 @@ def test_resume_matches_uninterrupted_run(classifier_run, table, spark, tmp_path
     assert second["resumed"] and second["start_epoch"] == 2
     assert [h["epoch"] for h in second["history"]] == [1, 2]
     assert second["history"][0] == first["history"][0]
+    assert first["history"][0]["train_loss"] == pytest.approx(result["history"][0]["train_loss"], rel=1e-6)
     resumed, uninterrupted = _weights(output / "runs" / "resumed"), _weights(output / "runs" / "full")
     assert resumed.keys() == uninterrupted.keys()
     for key in uninterrupted:

@@ -51,10 +51,13 @@ class Collectives:
         """Release the engine (process group); called once at the end of the rank function."""
 
     # ------------------------------------------------------------------------------------ optimisation
-    def wrap(self, model, optimizer, *, accum_steps: int, device, resumed: bool):
+    def wrap(self, model, optimizer, *, accum_steps: int, device):
         """Return (model used for the training forward pass, optimizer used for stepping), with rank 0's
-        parameters (and, on resume, optimizer state) on every rank."""
+        parameters on every rank. Load optimizer state into the returned optimizer, not the one passed in."""
         return model, optimizer
+
+    def broadcast_optimizer_state(self, optimizer) -> None:
+        """Make rank 0's (loaded, non-empty) optimizer state every rank's."""
 
     def no_sync(self, train_model):
         """Context for the micro-batches of an accumulation group that must not synchronise gradients."""
@@ -128,18 +131,19 @@ class HorovodCollectives(Collectives):
     def shutdown(self) -> None:
         self.hvd.shutdown()
 
-    def wrap(self, model, optimizer, *, accum_steps: int, device, resumed: bool):
+    def wrap(self, model, optimizer, *, accum_steps: int, device):
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # distributed: rank 0's weights everywhere
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=trainable,
-                                             backward_passes_per_step=accum_steps, op=hvd.Average)
-        if resumed:
-            # A fresh optimizer has no state and is identical on every rank; broadcasting it would make Horovod
-            # run a zero-gradient step to create the state (moving weights through weight decay). On resume,
-            # rank 0's loaded state is authoritative.
-            hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-        return model, optimizer
+        # A new optimizer object over the same parameter groups (any state of `optimizer` is not carried over).
+        return model, hvd.DistributedOptimizer(optimizer, named_parameters=trainable,
+                                               backward_passes_per_step=accum_steps, op=hvd.Average)
+
+    def broadcast_optimizer_state(self, optimizer) -> None:
+        # Only with state: on an empty optimizer Horovod would run a zero-gradient step to create the state,
+        # moving the weights through weight decay. A fresh optimizer is identical on every rank anyway.
+        if optimizer.state_dict()["state"]:
+            self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
     def optimizer_step(self, optimizer, scaler) -> None:
         if scaler.is_enabled():
@@ -196,7 +200,7 @@ class TorchCollectives(Collectives):
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
 
-    def wrap(self, model, optimizer, *, accum_steps: int, device, resumed: bool):
+    def wrap(self, model, optimizer, *, accum_steps: int, device):
         from torch.nn.parallel import DistributedDataParallel
 
         # distributed: DDP broadcasts rank 0's parameters and buffers at construction and averages gradients.

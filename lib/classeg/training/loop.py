@@ -283,7 +283,6 @@ def run(plan: dict, coll: Collectives) -> dict:
         # Every rank reads the checkpoint itself (shared storage); the engine's broadcast makes rank 0's copy win.
         checkpoint = checkpoints.load(last_uri, s3_cfg=s3_cfg)
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         history = list(checkpoint["history"])
         start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
@@ -294,7 +293,11 @@ def run(plan: dict, coll: Collectives) -> dict:
         if rank == 0:
             log.info("resuming run %s after epoch %d of %d", plan["run_id"], start_epoch, train["epochs"])
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    train_model, optimizer = coll.wrap(model, optimizer, accum_steps=accum, device=device, resumed=resume)
+    train_model, optimizer = coll.wrap(model, optimizer, accum_steps=accum, device=device)
+    if resume:
+        # After wrapping: Horovod's DistributedOptimizer is a new optimizer over the same parameter groups.
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        coll.broadcast_optimizer_state(optimizer)
     loss_fn = build_loss(plan, device)
     num_classes = len(plan["class_names"])
     shards: dict[str, set] = {}

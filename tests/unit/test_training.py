@@ -1,0 +1,302 @@
+"""Training pieces without Spark: transfer strategies through a real loop step, schedules, class weights,
+shard arithmetic, scan keys, checkpoints and RNG state, the Petastorm transform, figures, weight checks."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from classeg import imaging
+from classeg.artifact import save_artifact
+from classeg.training import checkpoints
+from classeg.training.collectives import LocalCollectives, for_engine
+from classeg.training.data import (
+    decode_example,
+    make_transform_spec,
+    row_group_count,
+    scan_id_from_key,
+    scan_key,
+    shard_rows,
+)
+from classeg.training.job import _check_splits, resolve_weights
+from classeg.training.loop import build_model, monitor_spec, state_checksum, train_step
+from classeg.training.optim import LRSchedule, build_optimizer, class_weights
+from classeg.training.plots import confusion_matrix_png, dice_histogram_png, overlay_gallery_png, training_curves_png
+
+SPEC = {"size": 32, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "zscore": False}
+
+
+def _plan(task="classify", **train):
+    base = {"arch": "resnet18", "head": "linear", "strategy": "finetune", "image_size": 32, "base_filters": 4,
+            "label_smoothing": 0.0, "loss": "dice"}
+    spec = SPEC if task == "classify" else {**SPEC, "mean": None, "std": None, "zscore": True}
+    return {"task": task, "train": {**base, **train}, "class_names": ["no", "yes"], "input_spec": spec,
+            "weights": {"kind": "none"}}
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+@pytest.mark.parametrize("strategy, trained, frozen", [
+    ("frozen", ("head",), ("backbone.conv1", "backbone.layer1", "backbone.layer4")),
+    ("partial", ("head", "backbone.layer4"), ("backbone.conv1", "backbone.bn1", "backbone.layer3")),
+    ("finetune", ("head", "backbone.conv1", "backbone.layer1", "backbone.layer4"), ()),
+])
+def test_transfer_strategy_trains_only_what_it_should(strategy, trained, frozen):
+    torch.manual_seed(0)
+    model = build_model(_plan(strategy=strategy), load_weights=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(model, task="classify", optimizer="sgd", lr=0.5, weight_decay=0.0, momentum=0.0,
+                                backbone_lr_scale=1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    train_step(model, images, labels, loss_fn=loss_fn, optimizer=optimizer, scaler=scaler, coll=LocalCollectives(),
+               use_amp=False, accum_steps=1, last_micro=True)
+    after = model.state_dict()
+    for key in before:
+        changed = not torch.equal(before[key], after[key])
+        if any(key.startswith(prefix + ".") for prefix in frozen):
+            # parameters and BatchNorm statistics of frozen stages stay exactly as they were
+            assert not changed, f"{strategy}: frozen {key} changed"
+        elif key.endswith("weight") and any(key.startswith(prefix + ".") for prefix in trained) \
+                and "bn" not in key and "downsample.1" not in key:
+            assert changed, f"{strategy}: trainable {key} did not change"
+
+
+def test_gradient_accumulation_steps_only_on_the_last_micro_batch():
+    torch.manual_seed(0)
+    model = build_model(_plan(strategy="frozen"), load_weights=False)
+    optimizer = build_optimizer(model, task="classify", optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.0,
+                                backbone_lr_scale=1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    head = model.head.weight.detach().clone()
+    kwargs = dict(loss_fn=torch.nn.CrossEntropyLoss(), optimizer=optimizer, scaler=scaler, coll=LocalCollectives(),
+                  use_amp=False, accum_steps=2)
+    train_step(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), last_micro=False, **kwargs)
+    assert torch.equal(model.head.weight, head) and model.head.weight.grad is not None
+    train_step(model, torch.randn(2, 3, 32, 32), torch.tensor([1, 0]), last_micro=True, **kwargs)
+    assert not torch.equal(model.head.weight, head) and model.head.weight.grad is None
+
+
+def test_segmenter_model_and_checksum():
+    torch.manual_seed(1)
+    first = build_model(_plan("segment"), load_weights=False)
+    torch.manual_seed(1)
+    second = build_model(_plan("segment"), load_weights=False)
+    assert first.describe()["config"] == {"in_channels": 3, "base_filters": 4, "out_channels": 1}
+    assert state_checksum(first) == state_checksum(second)
+    with torch.no_grad():
+        next(second.parameters()).add_(1e-3)
+    assert state_checksum(first) != state_checksum(second)
+
+
+def test_local_collectives_are_identity():
+    coll = for_engine("local")
+    assert (coll.rank, coll.size, coll.local_rank) == (0, 1, 0)
+    np.testing.assert_array_equal(coll.allreduce_sum(np.array([1.5, 2.0])), [1.5, 2.0])
+    assert coll.broadcast_object({"a": 1}) == {"a": 1} and coll.allgather_object(3) == [3]
+    with pytest.raises(ValueError, match="engine must be one of"):
+        for_engine("mpi")
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+def test_warmup_then_cosine():
+    schedule = LRSchedule(kind="cosine", warmup_steps=4, total_steps=12)
+    assert [schedule.factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert schedule.factor(4) == 1.0
+    assert schedule.factor(8) == pytest.approx(0.5)          # half way through the 8 cosine steps
+    assert schedule.factor(12) == pytest.approx(0.0)
+    # the warmup does not depend on the total: a 1-epoch run and a 2-epoch run agree on epoch 1
+    assert [LRSchedule(kind="cosine", warmup_steps=4, total_steps=4).factor(s) for s in range(4)] == \
+           [schedule.factor(s) for s in range(4)]
+
+
+def test_plateau_reduces_after_patience_and_round_trips():
+    schedule = LRSchedule(kind="plateau", warmup_steps=0, total_steps=10, higher_is_better=True)
+    for metric in (0.5, 0.6, 0.55, 0.58):
+        schedule.epoch_end(metric)
+    assert schedule.factor(5) == pytest.approx(0.1)
+    restored = LRSchedule(kind="plateau", warmup_steps=0, total_steps=10)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.factor(5) == pytest.approx(0.1) and restored.plateau_best == 0.6
+    assert LRSchedule(kind="constant", warmup_steps=0, total_steps=3).factor(2) == 1.0
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        LRSchedule(kind="step", warmup_steps=0, total_steps=3)
+
+
+def test_optimizer_groups_keep_peak_rates():
+    model = build_model(_plan(strategy="partial"), load_weights=False)
+    optimizer = build_optimizer(model, task="classify", optimizer="adamw", lr=0.01, weight_decay=0.0,
+                                momentum=0.9, backbone_lr_scale=0.1)
+    assert [(g["name"], g["peak_lr"]) for g in optimizer.param_groups] == [("backbone", 0.001), ("head", 0.01)]
+    LRSchedule(kind="constant", warmup_steps=2, total_steps=4).apply(optimizer, 0)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0005, 0.005])
+
+
+def test_class_weights_inverse_frequency():
+    assert class_weights({0: 30, 1: 10}, 2) == pytest.approx([40 / 60, 40 / 20])
+    assert class_weights({0: 5, 2: 5}, 3) == pytest.approx([10 / 15, 0.0, 10 / 15])
+    with pytest.raises(ValueError, match="without training rows"):
+        class_weights({}, 2)
+
+
+def test_monitor_spec():
+    assert monitor_spec("classify", "auto") == ("accuracy", True)
+    assert monitor_spec("segment", "auto") == ("dice_tumour", True)
+    assert monitor_spec("segment", "loss") == ("loss", False)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@pytest.mark.parametrize("rows, processes, groups", [(30, 2, 4), (3, 2, 2), (2, 2, 2), (1000, 2, 8), (5, 4, 4)])
+def test_row_group_count(rows, processes, groups):
+    assert row_group_count(rows, processes) == groups
+
+
+def test_row_group_count_needs_a_row_per_process():
+    with pytest.raises(ValueError, match="3 rows cannot be sharded over 4"):
+        row_group_count(3, 4)
+
+
+def test_shard_rows_follow_petastorm_assignment():
+    # rows 0..9 in 4 groups: sizes 3,3,2,2; shard 0 has groups 0 and 2, shard 1 groups 1 and 3
+    assert shard_rows(10, 4, 2) == [5, 5]
+    assert shard_rows(11, 4, 2) == [6, 5]
+    assert shard_rows(7, 2, 2) == [4, 3]
+
+
+@pytest.mark.parametrize("scan_id", ["0000000000000000", "7fffffffffffffff", "8000000000000000", "ffffffffffffffff",
+                                     "e5155faf0d9dad62"])
+def test_scan_key_round_trip(scan_id):
+    key = scan_key(scan_id)
+    assert -(1 << 63) <= key < (1 << 63)
+    assert scan_id_from_key(key) == scan_id
+
+
+def _png(array):
+    return imaging.encode_png(array)
+
+
+def test_decode_example_augments_deterministically():
+    rng = np.random.default_rng(0)
+    image = _png(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    mask_array = np.zeros((40, 40), dtype=np.uint8)
+    mask_array[10:20, 5:15] = 255
+    mask = _png(mask_array)
+    spec = {**SPEC, "mean": None, "std": None, "zscore": True}
+    args = dict(task="segment", input_spec=spec, augment=True, seed=3, scan_id="00ff00ff00ff00ff")
+    first, first_mask = decode_example(image, mask, epoch=1, **args)
+    again, again_mask = decode_example(image, mask, epoch=1, **args)
+    other, _ = decode_example(image, mask, epoch=2, **args)
+    assert first.shape == (3, 32, 32) and first.dtype == np.float32 and first_mask.shape == (1, 32, 32)
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first_mask, again_mask)
+    assert not np.array_equal(first, other)
+    assert set(np.unique(first_mask)) <= {0.0, 1.0} and first_mask.sum() > 0
+    plain, plain_mask = decode_example(image, None, task="segment", input_spec=spec, augment=False, seed=3, epoch=1,
+                                       scan_id="00ff00ff00ff00ff")
+    assert plain_mask.sum() == 0  # no mask stored: an empty target
+    assert abs(float(plain.mean())) < 1e-4  # z-scored
+
+
+def test_transform_spec_classify_frame():
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"scan_id": ["00000000000000aa", "ffffffffffffff00"],
+                          "image": [_png(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)),
+                                    _png(rng.integers(0, 255, (48, 48), dtype=np.uint8))],
+                          "label": np.array([1, 0], dtype=np.int32)})
+    spec = make_transform_spec(task="classify", input_spec=SPEC, augment=False, seed=0, epoch=0)
+    out = spec.func(frame)
+    assert list(out.columns) == ["image", "scan_key", "label"]
+    assert out["image"][0].shape == (3, 32, 32) and out["image"][1].shape == (3, 32, 32)  # grayscale replicated
+    assert out["label"].tolist() == [1, 0] and out["label"].dtype == np.int64
+    assert [scan_id_from_key(k) for k in out["scan_key"]] == frame["scan_id"].tolist()
+    assert [f[0] for f in spec.edit_fields] == ["image", "scan_key", "label"]
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_and_rng_state(tmp_path):
+    model = build_model(_plan("segment"), load_weights=False)
+    uri = str(tmp_path / "ck" / "last.pt")
+    torch.manual_seed(5)
+    np.random.seed(5)
+    state = checkpoints.rng_state()
+    expected = (torch.rand(3), np.random.rand(3))
+    checkpoints.save(uri, {"task": "segment", "class_names": ["a", "b"], "epoch": 2, "model": model.state_dict(),
+                           "rng": [state], "history": [{"epoch": 1, "train_loss": 0.5}]})
+    loaded = checkpoints.load(uri)
+    assert loaded["epoch"] == 2 and loaded["history"] == [{"epoch": 1, "train_loss": 0.5}]
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded["model"][key], value)
+    checkpoints.set_rng_state(loaded["rng"][0])
+    assert torch.equal(torch.rand(3), expected[0])
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])
+    assert checkpoints.exists(uri) and not checkpoints.exists(str(tmp_path / "nothing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+        checkpoints.load(str(tmp_path / "junk.pt"))
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def test_weights_class_names_must_match(tmp_path):
+    model = build_model(_plan(), load_weights=False)
+    save_artifact(str(tmp_path / "art"), model=model, task="classify", class_names=["no", "yes"], input_spec=SPEC)
+    common = dict(task="classify", arch="resnet18", head="linear", base_filters=16)
+    assert resolve_weights(str(tmp_path / "art"), class_names=["no", "yes"], **common) == \
+        {"kind": "full", "uri": str(tmp_path / "art") + "/weights.pt"}
+    with pytest.raises(ValueError, match=r"class names \['no', 'yes'\].*\['glioma', 'meningioma'\]"):
+        resolve_weights(str(tmp_path / "art"), class_names=["glioma", "meningioma"], **common)
+    with pytest.raises(ValueError, match="this run needs"):
+        resolve_weights(str(tmp_path / "art"), class_names=["no", "yes"], **{**common, "arch": "resnet50"})
+    with pytest.raises(ValueError, match="'classify' model, this run trains task 'segment'"):
+        resolve_weights(str(tmp_path / "art"), class_names=["no", "yes"], **{**common, "task": "segment"})
+    checkpoints.save(str(tmp_path / "ck.pt"), {"task": "classify", "class_names": ["no", "yes"], "epoch": 1,
+                                               "model": model.state_dict()})
+    with pytest.raises(ValueError, match=r"class names \['no', 'yes'\]"):
+        resolve_weights(str(tmp_path / "ck.pt"), class_names=["a", "b"], **common)
+    torch.save(model.backbone.state_dict(), tmp_path / "backbone.pth")
+    assert resolve_weights(str(tmp_path / "backbone.pth"), class_names=["a", "b"], **common)["kind"] == "backbone"
+    with pytest.raises(FileNotFoundError):
+        resolve_weights(str(tmp_path / "missing.pth"), class_names=["a", "b"], **common)
+    assert resolve_weights(None, class_names=["a", "b"], **common) == {"kind": "none"}
+
+
+def _counts(**splits):
+    return {s: {"rows": r, "labels": {0: r}, "masks": m, "tumor": t} for s, (r, m, t) in splits.items()}
+
+
+def test_check_splits_errors():
+    good = _counts(train=(10, 10, 4), val=(5, 5, 2), test=(5, 5, 1))
+    assert _check_splits(good, task="classify", tumor_only=False, scans="T", num_proc=2) == \
+        {"train": 10, "val": 5, "test": 5}
+    assert _check_splits(good, task="segment", tumor_only=True, scans="T", num_proc=2) == \
+        {"train": 4, "val": 2, "test": 5}
+    with pytest.raises(ValueError, match="'val' split of scan table 'T' has no rows"):
+        _check_splits(_counts(train=(10, 0, 0), val=(0, 0, 0), test=(5, 0, 0)), task="classify",
+                      tumor_only=False, scans="T", num_proc=1)
+    with pytest.raises(ValueError, match="has no masks"):
+        _check_splits(_counts(train=(10, 0, 0), val=(5, 0, 0), test=(5, 0, 0)), task="segment",
+                      tumor_only=True, scans="T", num_proc=1)
+    with pytest.raises(ValueError, match="'test' split .* has 1 tumour|'test' split .* 1 slices"):
+        _check_splits(_counts(train=(10, 10, 4), val=(5, 5, 2), test=(5, 1, 1)), task="segment",
+                      tumor_only=True, scans="T", num_proc=2)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def test_figures_are_pngs():
+    assert confusion_matrix_png([[5, 1], [2, 7]], ["no", "yes"])[:4] == b"\x89PNG"
+    history = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6, "val_accuracy": 0.6},
+               {"epoch": 2, "train_loss": 0.5, "val_loss": 0.5, "val_accuracy": 0.8}]
+    assert training_curves_png(history)[:4] == b"\x89PNG" and training_curves_png([]) is None
+    assert dice_histogram_png([0.1, 0.8, math.nan, 0.9])[:4] == b"\x89PNG"
+    sample = {"image": np.random.default_rng(0).normal(size=(3, 32, 32)), "mask": np.eye(32),
+              "prediction": np.eye(32), "dice": 1.0}
+    assert overlay_gallery_png([sample] * 3)[:4] == b"\x89PNG" and overlay_gallery_png([]) is None
+
+
+def test_checkpoint_is_readable_as_weights_only(tmp_path):
+    buffer = io.BytesIO()
+    torch.save({"format": checkpoints.FORMAT, "rng": [checkpoints.rng_state()]}, buffer)
+    assert torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)["format"] == checkpoints.FORMAT
