@@ -129,11 +129,12 @@ def save_artifact(uri: str, *, model, task: str, class_names, input_spec: Mappin
             class_names)
     meta.update(dict(extra or {}))
     write_bytes(join(uri, WEIGHTS_NAME), weights, s3_cfg=s3_cfg)
-    write_bytes(join(uri, META_NAME), json.dumps(meta, indent=2, default=_json_default).encode(), s3_cfg=s3_cfg)
+    write_bytes(join(uri, META_NAME), json.dumps(meta, indent=2, default=json_default).encode(), s3_cfg=s3_cfg)
     return meta
 
 
-def _json_default(value):
+def json_default(value):
+    """``json.dumps(default=...)`` for numpy scalars and arrays (anything else becomes its str)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

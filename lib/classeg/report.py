@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from classeg.artifact import json_default
+
 log = logging.getLogger(__name__)
 
 PIPELINE_NAME = "pipeline.json"
@@ -598,17 +600,9 @@ def build_report(workdir: str | os.PathLike, output: str | os.PathLike | None = 
     summary = {"index": str(out / INDEX_NAME), "created_at": created, "workdir": str(sources.workdir),
                "images": images, "key_numbers": keys, "sections": sections,
                "seconds": round(time.time() - started, 2)}
-    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=json_default), encoding="utf-8")
     log.info("report: %s (%d images, %.1fs)", out / INDEX_NAME, len(images), summary["seconds"])
     return summary
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 KEY_LABELS = [
