@@ -48,7 +48,7 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 lint: setup
-	$(PY) -m pyflakes lib jobs tests benchmarks
+	$(PY) -m flake8 --select=F lib jobs tests benchmarks
 	shellcheck emr/bootstrap.sh tools/build_horovod.sh
 
 clean:
