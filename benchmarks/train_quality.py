@@ -2,7 +2,7 @@
 Horovod on 2 processes -> test accuracy (goal >= 0.90), segmenter test Dice on tumour slices (goal >= 0.75) and
 wall time (goal <= 15 min). Writes benchmarks/results/train_quality.json and prints a markdown table.
 
-    .venv/bin/python benchmarks/train_quality.py [--patients 12] [--image-size 64] [--epochs 20] [--workdir DIR]
+    .venv/bin/python benchmarks/train_quality.py [--patients 20] [--image-size 64] [--epochs 20] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train_quality.json"
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=12)
+    parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--segmenter-epochs", type=int, default=30)
