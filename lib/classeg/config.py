@@ -21,6 +21,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent / "conf" / "local.yaml"
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "ingest.dataset": ("lgg", "figshare", "folders"),
+    "ingest.read": ("auto", "tasks", "binaryfile"),
     "train.task": ("classify", "segment"),
     "train.engine": ("horovod", "torch"),
     "train.arch": ("resnet18", "resnet50"),

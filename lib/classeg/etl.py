@@ -1,10 +1,11 @@
 """Ingest: dataset files -> scan rows -> patient-level split -> Parquet scan table.
 
-Extract: Spark's ``binaryFile`` source lists the dataset recursively (any Hadoop filesystem: local, file://,
-s3://). Transform: each file is classified from its path (``parse_listing``), duplicate copies are dropped
-before any decoding, the remaining files are decoded in executors (``decode_frame``: decode, resize to the
-canonical size, PNG-encode), images are paired with their masks and labelled (``assemble``), and groups are
-dealt into splits (``split.assign_splits``). Load: the scan table partitioned by ``split``, an errors table in
+Extract: a local dataset is listed on the driver (``list_local``); any other filesystem (s3://, hdfs://) by
+Spark's ``binaryFile`` file index, recursively. Transform: each file is classified from its path
+(``parse_listing``), duplicate copies are dropped before any decoding, the remaining files are decoded in
+executors (``decode_frame``: decode, resize to the canonical size, PNG-encode; the tasks read local and S3
+files themselves, binaryFile's ``content`` feeds them for other filesystems), images are paired with their
+masks and labelled (``resolve``), and groups are dealt into splits (``split.assign_splits``). Load: the scan table partitioned by ``split``, an errors table in
 ``errors/`` and ``summary.json`` written last, all under the output folder; a table without its summary is
 incomplete.
 
@@ -23,7 +24,7 @@ from types import ModuleType
 
 import pandas as pd
 
-from classeg import __version__, split as splitting
+from classeg import __version__, scanwrite, split as splitting
 from classeg.config import Config
 from classeg.datasets import figshare, folders, lgg
 from classeg.datasets.common import is_hidden
@@ -46,7 +47,10 @@ PARSED_FIELDS = [("path", "string"), ("relpath", "string"), ("kind", "string"), 
 DECODED_FIELDS = PARSED_FIELDS + [("detail", "string"), ("image", "binary"), ("mask", "binary"),
                                   ("has_tumor", "boolean"), ("orig_height", "int"), ("orig_width", "int"),
                                   ("folds", "array<int>")]
+META_FIELDS = [field for field in DECODED_FIELDS if field[0] not in ("image", "mask")]
 ERROR_COLUMNS = ["source_uri", "relpath", "severity", "reason", "detail"]
+# PNG bytes are unique and already compressed: a dictionary for them is built only to be thrown away.
+PARQUET_OPTIONS = {"parquet.enable.dictionary#image": "false", "parquet.enable.dictionary#mask": "false"}
 SCAN_COLUMNS = ["scan_id", "dataset", "source_uri", "mask_source_uri", "patient_id", "slice_index", "sequence",
                 "label", "label_name", "image", "mask", "has_tumor", "orig_height", "orig_width", "split", "fold"]
 
@@ -83,15 +87,18 @@ def parse_listing(listing: pd.DataFrame, *, dataset: str, root: str) -> pd.DataF
     return pd.DataFrame(rows, columns=[name for name, _ in PARSED_FIELDS])
 
 
-def decode_frame(files: pd.DataFrame, *, dataset: str, image_size: int) -> pd.DataFrame:
-    """Decode each file's ``content`` with the layout's decoder. Returns DECODED_FIELDS rows; a file that
-    fails to decode keeps its parsed fields and gets ``reason``/``detail`` (DecodeError.reason, message)."""
+def decode_frame(files: pd.DataFrame, *, dataset: str, image_size: int, read=None) -> pd.DataFrame:
+    """Decode each file with the layout's decoder. The bytes come from the ``content`` column, or from
+    ``read(path)`` when given (the task reads the file itself). Returns DECODED_FIELDS rows; a file that fails
+    to read or decode keeps its parsed fields and gets ``reason``/``detail`` (DecodeError.reason, message)."""
     module = layout_module(dataset)
     out = []
     for record in files.to_dict("records"):
-        content = record.pop("content")
+        content = record.pop("content", None)
         row = {**{name: None for name, _ in DECODED_FIELDS}, **record}
         try:
+            if read is not None:
+                content = _read_or_raise(read, record["path"])
             decoded = module.decode(record["relpath"], bytes(content or b""), image_size=image_size)
         except DecodeError as err:
             row.update(reason=err.reason, detail=str(err))
@@ -102,6 +109,49 @@ def decode_frame(files: pd.DataFrame, *, dataset: str, image_size: int) -> pd.Da
     for name in ("slice_index", "label", "orig_height", "orig_width"):
         frame[name] = frame[name].astype("Int32")
     return frame
+
+
+def _read_or_raise(read, path: str) -> bytes:
+    from classeg.archive import FetchError
+
+    try:
+        return read(path)
+    except (OSError, FetchError) as err:
+        raise DecodeError("unreadable", f"could not read {path!r}: {err}") from err
+
+
+# Schemes whose files the decode tasks read themselves (plain file reads; S3 GETs with retries through
+# classeg.archive.fetch). Any other Hadoop filesystem (hdfs://, ...) is read by Spark's binaryFile source.
+DIRECT_SCHEMES = ("file", "s3", "s3a", "s3n")
+
+
+def path_scheme(path: str) -> str:
+    head, sep, _ = path.partition(":")
+    return head.lower() if sep and "/" not in head else "file"
+
+
+def source_reader(s3_cfg=None):
+    """``read(path) -> bytes`` for paths as Spark's listing reports them (``file:/a b``, ``s3://bucket/key``).
+    One S3 client per reader (made on first use), so one per task."""
+    from classeg import archive
+
+    client = []
+
+    def read(path: str) -> bytes:
+        scheme = path_scheme(path)
+        if scheme == "file":
+            local = path[len("file:"):] if path.startswith("file:") else path
+            if local.startswith("//"):  # file:///abs or file://localhost/abs
+                local = "/" + local[2:].partition("/")[2]
+            with open(local, "rb") as handle:
+                return handle.read()
+        if scheme in ("s3", "s3a", "s3n"):
+            if not client:
+                client.append(archive.s3_client(s3_cfg))
+            return archive.fetch("s3://" + path.split("://", 1)[1], s3_cfg=s3_cfg, client=client[0])
+        raise ValueError(f"tasks cannot read {path!r} themselves (scheme {scheme!r}); use binaryFile")
+
+    return read
 
 
 def _map_partitions(function, **kwargs):
@@ -262,14 +312,107 @@ def list_files(spark, input_uri: str):
     return root, reader.load([glob_escape(root)] + [glob_escape(p) for p in hidden])
 
 
-def decode_files(spark, raw, to_decode: pd.DataFrame, *, dataset: str, image_size: int):
-    """Transform: decode the planned files in executors, reading content only for them."""
+def list_local(input_uri: str) -> tuple[str, list[str]] | None:
+    """Driver-side listing of a local dataset (plain path or ``file:`` URI): (root, paths) in the form Spark
+    reports them (``file:/a b``), every file including ``_`` and ``.`` names (the latter become 'metadata'
+    rows). None for any other filesystem. No Spark job: Spark's file index lists 30+ folders with one."""
+    import os
+
+    from classeg import archive
+
+    if path_scheme(input_uri) != "file":
+        return None
+    local = archive.parse_uri(input_uri).path
+    if not os.path.exists(local):
+        raise FileNotFoundError(f"dataset input {input_uri!r} does not exist")
+    if not os.path.isdir(local):
+        return "file:" + os.path.dirname(local), ["file:" + local]
+    paths = []
+    for folder, dirs, names in os.walk(local):
+        dirs.sort()
+        paths += ["file:" + os.path.join(folder, name) for name in names]
+    root = "file:" + local.rstrip("/") if local != "/" else "file:/"
+    return root, sorted(paths)
+
+
+def read_mode(paths, requested: str = "auto") -> str:
+    """'tasks' (decode tasks read their files) or 'binaryfile' (Spark's binaryFile source reads them)."""
+    other = sorted({path_scheme(p) for p in paths} - set(DIRECT_SCHEMES))
+    if requested == "tasks" and other:
+        raise ValueError(f"ingest.read=tasks reads only {', '.join(DIRECT_SCHEMES)} paths; the input has "
+                         f"{', '.join(other)}: use ingest.read=binaryfile or auto")
+    if requested != "auto":
+        return requested
+    return "binaryfile" if other else "tasks"
+
+
+def decode_partitions(spark, files: int, requested: int = 0) -> int:
+    """How many decode tasks: ``requested`` if set, else a multiple of the cores with at most ~1000 files each
+    (at least 2 per core, so a slow task does not leave a core idle at the end). A task holds its decoded
+    pixels until it writes them: ~1000 canonical slices are ~150 MB."""
+    if requested:
+        return requested
+    cores = spark.sparkContext.defaultParallelism
+    waves = max(2, -(-files // (FILES_PER_TASK * cores)))
+    return max(1, min(files, waves * cores))
+
+
+FILES_PER_TASK = 1000
+
+
+def decode_files(spark, raw, to_decode: pd.DataFrame, *, dataset: str, image_size: int, mode: str = "tasks",
+                 partitions: int = 0, s3_cfg=None, staging: str | None = None):
+    """Transform: decode the planned files in executors.
+
+    mode 'tasks': the plan (paths only) is cut into ``decode_partitions`` slices and each task reads its own
+    files (local reads, or S3 GETs with retries). The bytes never pass through the JVM, which on a 2-core
+    machine took longer than decoding them. mode 'binaryfile': binaryFile's ``content`` column, joined with the
+    plan, feeds the decoder (any Hadoop filesystem).
+
+    ``staging`` (mode 'tasks' only): each task also writes its pixels to ``<staging>/part-<partition>.parquet``
+    (see classeg.scanwrite) and returns META_FIELDS rows only. The plan is cut between keys, so an LGG slice and
+    its mask are decoded by the same task. Returns (DataFrame, number of tasks, the plan's broadcast to
+    destroy once the DataFrame is no longer needed; None for binaryfile)."""
     from pyspark.sql import functions as F
 
-    wanted = spark.createDataFrame(to_decode, schema=_ddl(PARSED_FIELDS))
-    with_content = raw.select("path", "content").join(F.broadcast(wanted), "path")
-    return with_content.mapInPandas(_map_partitions(decode_frame, dataset=dataset, image_size=image_size),
-                                    schema=_ddl(DECODED_FIELDS))
+    if mode == "binaryfile":
+        wanted = spark.createDataFrame(to_decode, schema=_ddl(PARSED_FIELDS))
+        with_content = raw.select("path", "content").join(F.broadcast(wanted), "path")
+        decoded = with_content.mapInPandas(_map_partitions(decode_frame, dataset=dataset, image_size=image_size),
+                                           schema=_ddl(DECODED_FIELDS))
+        decoded = decoded.repartition(partitions) if partitions else decoded
+        return decoded, None, None
+    if mode != "tasks":
+        raise ValueError(f"decode mode must be 'tasks' or 'binaryfile', got {mode!r}")
+    keys = to_decode["key"].where(to_decode["key"].notna(), to_decode["path"])
+    chunks = scanwrite.chunk_plan(keys, decode_partitions(spark, len(to_decode), partitions))
+    # One row (the chunk number) per partition; the chunks travel as a broadcast. No Python RDD, so every
+    # Python step of the job runs in the same (warm) pandas-UDF workers.
+    shared = spark.sparkContext.broadcast([to_decode.iloc[chunk].reset_index(drop=True) for chunk in chunks])
+    fields = DECODED_FIELDS if staging is None else META_FIELDS
+
+    def run(batches):
+        read = source_reader(s3_cfg)
+        for batch in batches:
+            for chunk in batch["id"]:
+                plan, pixels = shared.value[chunk], []
+                for start in range(0, len(plan), DECODE_BATCH):
+                    frame = decode_frame(plan.iloc[start:start + DECODE_BATCH], dataset=dataset,
+                                         image_size=image_size, read=read)
+                    if staging is not None:
+                        pixels.append(frame[["path", "image", "mask"]])
+                        frame = frame.drop(columns=["image", "mask"])
+                    yield frame
+                if staging is not None:
+                    staged = pd.concat(pixels, ignore_index=True) if pixels else pd.DataFrame(
+                        columns=["path", "image", "mask"])
+                    scanwrite.write_staged(staged, staging=staging, partition=int(chunk), s3_cfg=s3_cfg)
+
+    ids = spark.range(len(chunks), numPartitions=max(1, len(chunks)))
+    return ids.mapInPandas(run, schema=_ddl(fields)), len(chunks), shared
+
+
+DECODE_BATCH = 64  # files per output batch of a decode task
 
 
 def build_scans(spark, decoded, units: pd.DataFrame, *, dataset: str):
@@ -368,20 +511,33 @@ def run_ingest(spark, cfg: Config) -> dict:
         raise ValueError(f"ingest needs --input and --output (got input={job.input!r}, output={job.output!r})")
     layout_module(job.dataset)
     started = time.time()
+    phases: dict[str, float] = {}
+    lap = _stopwatch(phases)
     run_id = uuid.uuid4().hex[:12]
     output = job.output.rstrip("/")
-    root, raw = list_files(spark, job.input)
-    listing = pd.DataFrame({"path": sorted({spark_path(uri) for uri in raw.inputFiles()})})
+    local = list_local(job.input) if job.read != "binaryfile" else None
+    if local is not None:
+        (root, paths), raw = local, None
+    else:
+        root, raw = list_files(spark, job.input)
+        paths = sorted({spark_path(uri) for uri in raw.inputFiles()})
+    listing = pd.DataFrame({"path": paths})
     log.info("ingest %s: %d files under %s", job.dataset, len(listing), root)
     parsed = parse_listing(listing, dataset=job.dataset, root=root)
     to_decode, path_issues = plan_files(parsed)
-    decoded = decode_files(spark, raw, to_decode, dataset=job.dataset, image_size=job.image_size)
-    if job.partitions:
-        decoded = decoded.repartition(job.partitions)
-    decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
+    lap("list")
+    mode = read_mode(to_decode["path"], job.read)
+    base = scanwrite.writable_base(output) if mode == "tasks" else None
+    staging = scanwrite.join(base, f"{scanwrite.STAGING_PREFIX}{run_id}") if base else None
+    decoded, parts, plan_broadcast = decode_files(spark, raw, to_decode, dataset=job.dataset, image_size=job.image_size,
+                                  mode=mode, partitions=job.partitions, s3_cfg=cfg, staging=staging)
+    if staging is None:
+        decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        log.info("ingest %s: decoding %d files", job.dataset, len(to_decode))
-        meta = decoded.drop("image", "mask").toPandas()
+        log.info("ingest %s: decoding %d files (read by %s, written by %s)", job.dataset, len(to_decode), mode,
+                 "the tasks" if staging else "Spark")
+        meta = (decoded if staging else decoded.drop("image", "mask")).toPandas()
+        lap("decode")
         units, decode_issues, class_names = resolve(meta, dataset=job.dataset, fractions=job.split, seed=job.seed)
         unread = _issues(to_decode[~to_decode["path"].isin(meta["path"])], "error", "not_read",
                          "listed but its content could not be read")
@@ -399,19 +555,70 @@ def run_ingest(spark, cfg: Config) -> dict:
             raise JobFailed(f"{failure}; the scan table was not written (errors and summary in "
                             f"{output}/{FAILURE_DIR}/)")
         log.info("ingest %s: writing %d scans to %s", job.dataset, summary["scans"], output)
-        scans = build_scans(spark, decoded, units, dataset=job.dataset)
         delete_path(spark, f"{output}/{SUMMARY_NAME}")  # from here until the new summary, the table is incomplete
-        scans.write.mode("overwrite").partitionBy("split").parquet(f"{output}/{SCANS_DIR}")
+        if staging:
+            delete_path(spark, f"{output}/{SCANS_DIR}")
+            written = finalize_scans(spark, units, meta, parts=parts, staging=staging,
+                                     scans=scanwrite.join(base, SCANS_DIR), dataset=job.dataset, s3_cfg=cfg)
+            if written != len(units):  # every resolved scan must be in exactly one staging file
+                raise RuntimeError(f"ingest bug: {len(units)} scans resolved but {written} written")
+        else:
+            (build_scans(spark, decoded, units, dataset=job.dataset).write.mode("overwrite").partitionBy("split")
+             .options(**PARQUET_OPTIONS).parquet(f"{output}/{SCANS_DIR}"))
+        lap("write_scans")
         issues_frame.coalesce(1).write.mode("overwrite").parquet(f"{output}/{ERRORS_DIR}")
         delete_path(spark, f"{output}/{FAILURE_DIR}")
+        lap("write_errors")
         summary["status"] = "complete"
         summary["seconds"] = round(time.time() - started, 2)
+        summary["phase_seconds"] = phases
         write_text(spark, f"{output}/{SUMMARY_NAME}", json.dumps(summary, indent=2))  # last: marks completion
         log.info("ingest %s: %d scans %s, %d errors, %d skipped, %.1fs", job.dataset, summary["scans"],
                  summary["per_split"], summary["files"]["errors"], summary["files"]["skipped"], summary["seconds"])
         return summary
     finally:
-        decoded.unpersist()
+        if staging:
+            try:
+                delete_path(spark, staging)
+            except Exception as err:  # noqa: BLE001 (cleanup must not hide the job's own outcome)
+                log.warning("ingest: could not delete the staging folder %s: %s", staging, err)
+        else:
+            decoded.unpersist()
+        if plan_broadcast is not None:
+            plan_broadcast.destroy()
+
+
+def finalize_scans(spark, units: pd.DataFrame, meta: pd.DataFrame, *, parts: int, staging: str, scans: str,
+                   dataset: str, s3_cfg=None) -> int:
+    """Load (task-written path): one task per staging file writes its scans' rows; returns how many."""
+    sizes = meta.loc[meta["kind"] == "image", ["path", "orig_height", "orig_width"]].rename(
+        columns={"path": "image_path"})
+    shared = spark.sparkContext.broadcast(units.merge(sizes, on="image_path", how="left"))
+
+    def run(batches):  # a pandas UDF like the decode: the same (warm) Python workers run it
+        for batch in batches:
+            yield pd.DataFrame({"written": [
+                scanwrite.finalize_part(scanwrite.part_name(int(part)), shared.value, staging=staging, scans=scans,
+                                        dataset=dataset, s3_cfg=s3_cfg) for part in batch["id"]]}, dtype="int64")
+
+    try:
+        # One task per core (each takes several parts): finalizing a part is short next to a task's start-up.
+        ids = spark.range(parts, numPartitions=max(1, min(parts, spark.sparkContext.defaultParallelism)))
+        return int(ids.mapInPandas(run, schema="written long").toPandas()["written"].sum())
+    finally:
+        shared.destroy()
+
+
+def _stopwatch(phases: dict[str, float]):
+    """``lap(name)`` records the seconds since the previous lap (or since creation) under ``name``."""
+    last = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        phases[name] = round(phases.get(name, 0.0) + now - last[0], 3)
+        last[0] = now
+
+    return lap
 
 
 def _failure(summary: dict, max_error_rate: float) -> str | None:
