@@ -434,9 +434,8 @@ def build_scans(spark, decoded, units: pd.DataFrame, *, dataset: str):
         scans = scans.join(F.broadcast(masks) if len(units) <= 200_000 else masks, "mask_path")
     elif dataset == "folders":
         scans = scans.withColumn("mask", F.lit(None).cast("binary"))
-    return scans.select(F.col("image_path").alias("source_uri"), F.col("mask_path").alias("mask_source_uri"),
-                        F.lit(dataset).alias("dataset"), *[c for c in SCAN_COLUMNS if c not in (
-                            "source_uri", "mask_source_uri", "dataset")])
+    named = {"source_uri": F.col("image_path"), "mask_source_uri": F.col("mask_path"), "dataset": F.lit(dataset)}
+    return scans.select(*[named[c].alias(c) if c in named else F.col(c) for c in SCAN_COLUMNS])
 
 
 # ---------------------------------------------------------------------------------------------- load helpers

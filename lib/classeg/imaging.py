@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-REASONS = ("empty", "unsupported", "undecodable", "truncated", "too_large", "bad_structure")
+REASONS = ("empty", "unsupported", "undecodable", "truncated", "too_large", "bad_structure", "unreadable")
 
 # File types we can decode, by extension (used when magic bytes are ambiguous).
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")

@@ -222,3 +222,81 @@ def test_cli_ingest_with_file_uri(spark, tmp_path, capsys):
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["scans"] == 8 and printed["per_split"] == {"train": 4, "val": 2, "test": 2}
+
+
+def test_binaryfile_and_task_reads_write_the_same_table(spark, tmp_path):
+    """ingest.read=binaryfile (Spark reads the bytes and writes the table) and the default (tasks read the
+    files and write the table) give identical rows, pixels and splits."""
+    synthetic.write_lgg(tmp_path / "data", patients=4, seed=9, image_size=40, slices_per_patient=(3, 5))
+    tables = {}
+    for mode in ("binaryfile", "tasks"):
+        summary = run_ingest(spark, _cfg("lgg", tmp_path / "data", tmp_path / mode, f"ingest.read={mode}",
+                                         "ingest.partitions=3"))
+        rows, _ = _rows(spark, tmp_path / mode)
+        tables[mode] = rows.sort_values("scan_id").reset_index(drop=True)
+        assert summary["scans"] == len(rows) > 0
+        assert not [p for p in (tmp_path / mode).iterdir() if p.name.startswith("_staging")]
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(tables["binaryfile"], tables["tasks"])  # same columns, dtypes, values
+
+
+def test_dotfiles_are_accounted_as_metadata(spark, tmp_path):
+    synthetic.write_lgg(tmp_path / "data", patients=2, seed=4, image_size=32, slices_per_patient=(3, 3),
+                        duplicate_copy=False)
+    (tmp_path / "data" / ".DS_Store").write_bytes(b"\0Bud1")
+    folder = next(p for p in (tmp_path / "data" / "kaggle_3m").iterdir() if p.is_dir())
+    (folder / "._slice_1.tif").write_bytes(b"\0\5\26\7AppleDouble")
+    summary = run_ingest(spark, _cfg("lgg", tmp_path / "data", tmp_path / "table"))
+    errors = _errors(spark, tmp_path / "table")
+    hidden = errors[errors.relpath.str.contains("/\\.|^\\.", regex=True)]
+    assert sorted(hidden.reason) == ["metadata", "metadata"] and set(hidden.severity) == {"skipped"}
+    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    assert summary["files"]["listed"] == len(files)
+    assert summary["scans"] + summary["files"]["masks"] + len(errors) == len(files)
+
+
+def test_task_reads_and_table_writes_against_s3(s3, s3_cfg, tmp_path):
+    """The S3 side of the task path on a real S3 server: decode tasks read s3:// objects (keys with spaces),
+    stage pixels and write split folders to s3://; a missing object becomes an 'unreadable' row."""
+    import io
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from classeg import etl, scanwrite
+
+    s3.create_bucket(Bucket="scans")
+    truth = synthetic.write_lgg(tmp_path / "data", patients=2, seed=6, image_size=32, slices_per_patient=(3, 3),
+                                duplicate_copy=False)
+    local_root, paths = etl.list_local(str(tmp_path / "data"))
+    for path in paths:
+        key = "lgg set/" + etl.relative_path(path, local_root)
+        s3.put_object(Bucket="scans", Key=key, Body=open(path[len("file:"):], "rb").read())
+    patient = truth["slices"][0]["path"].split("/")[-2]
+    missing = f"s3://scans/lgg set/kaggle_3m/{patient}/{patient}_999.tif"  # listed, then deleted
+    listing = pd.DataFrame({"path": ["s3://scans/lgg set/" + etl.relative_path(p, local_root) for p in paths]
+                            + [missing]})
+    parsed = etl.parse_listing(listing, dataset="lgg", root="s3://scans/lgg set")
+    to_decode, _ = etl.plan_files(parsed)
+    decoded = etl.decode_frame(to_decode, dataset="lgg", image_size=16, read=etl.source_reader(s3_cfg))
+    gone = decoded[decoded["path"] == missing]
+    assert gone["reason"].tolist() == ["unreadable"] and "not_found" in gone["detail"].iloc[0]
+    ok = decoded[decoded["reason"].isna()]
+    assert len(ok) == 2 * len(truth["slices"])
+
+    base = scanwrite.writable_base("s3://scans/tables/lgg/")
+    staging, scans = scanwrite.join(base, "_staging-t"), scanwrite.join(base, "scans")
+    scanwrite.write_staged(ok, staging=staging, partition=0, s3_cfg=s3_cfg)
+    meta = ok.drop(columns=["image", "mask"])
+    units, _, _ = etl.resolve(meta, dataset="lgg", fractions=[0.5, 0.25, 0.25], seed=1)
+    sizes = meta.loc[meta["kind"] == "image", ["path", "orig_height", "orig_width"]].rename(
+        columns={"path": "image_path"})
+    written = scanwrite.finalize_part(scanwrite.part_name(0), units.merge(sizes, on="image_path"),
+                                      staging=staging, scans=scans, dataset="lgg", s3_cfg=s3_cfg)
+    assert written == len(units) == len(truth["slices"])
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="scans", Prefix="tables/lgg/scans/")["Contents"])
+    assert keys == sorted(f"tables/lgg/scans/split={split}/part-00000.parquet" for split in set(units["split"]))
+    rows = sum(pq.read_table(io.BytesIO(s3.get_object(Bucket="scans", Key=key)["Body"].read())).num_rows
+               for key in keys)
+    assert rows == len(units)
