@@ -92,26 +92,31 @@ def write_staged(decoded: pd.DataFrame, *, staging: str, partition: int, s3_cfg:
 def finalize_part(name: str, units: pd.DataFrame, *, staging: str, scans: str, dataset: str,
                   s3_cfg: Any = None) -> int:
     """Join one staging file with the resolved scans whose image it holds and write their rows, one file per
-    split. ``units``: etl.resolve's scans plus orig_height/orig_width. Returns the number of rows written."""
-    staged = pq.read_table(io.BytesIO(artifact.read_bytes(join(staging, name), s3_cfg=s3_cfg))).to_pandas()
-    pixels = staged.set_index("path")
-    mine = units[units["image_path"].isin(pixels.index)]
+    split. ``units``: etl.resolve's scans plus orig_height/orig_width. Pixels stay in Arrow buffers (taken by
+    index, never turned into Python objects). Returns the number of rows written."""
+    staged = pq.read_table(io.BytesIO(artifact.read_bytes(join(staging, name), s3_cfg=s3_cfg)))
+    row_of = {path: i for i, path in enumerate(staged.column("path").to_pylist())}
+    mine = units[units["image_path"].isin(row_of.keys())]
     if mine.empty:
         return 0
-    rows = pd.DataFrame({
-        "scan_id": mine["scan_id"].to_numpy(), "dataset": dataset, "source_uri": mine["image_path"].to_numpy(),
-        "mask_source_uri": mine["mask_path"].to_numpy(), "patient_id": mine["patient_id"].to_numpy(),
-        "slice_index": mine["slice_index"].to_numpy(), "sequence": mine["sequence"].to_numpy(),
-        "label": mine["label"].to_numpy(), "label_name": mine["label_name"].to_numpy(),
-        "image": pixels.loc[mine["image_path"], "image"].to_numpy(),
-        "mask": (pixels.loc[mine["mask_path"], "mask"].to_numpy() if dataset != "folders" else None),
-        "has_tumor": mine["has_tumor"].to_numpy(), "orig_height": mine["orig_height"].to_numpy(),
-        "orig_width": mine["orig_width"].to_numpy(), "fold": mine["fold"].to_numpy()})
+    columns = {field.name: None for field in SCAN_SCHEMA}
+    plain = _plain(mine)
+    for field in SCAN_SCHEMA:
+        source = {"source_uri": "image_path", "mask_source_uri": "mask_path"}.get(field.name, field.name)
+        if field.name == "dataset":
+            columns[field.name] = pa.array([dataset] * len(mine), pa.string())
+        elif field.name not in ("image", "mask"):
+            columns[field.name] = pa.array(plain[source].tolist(), field.type)
+    columns["image"] = staged.column("image").take(pa.array([row_of[p] for p in mine["image_path"]]))
+    columns["mask"] = (staged.column("mask").take(pa.array([row_of[p] for p in mine["mask_path"]]))
+                       if dataset != "folders" else pa.nulls(len(mine), pa.binary()))
+    table = pa.Table.from_arrays([columns[field.name] for field in SCAN_SCHEMA], schema=SCAN_SCHEMA)
+    splits = mine["split"].to_numpy()
     written = 0
-    for split, group in rows.groupby(mine["split"].to_numpy(), sort=True):
-        table = pa.Table.from_pandas(_plain(group), schema=SCAN_SCHEMA, preserve_index=False)
-        artifact.write_bytes(join(scans, f"split={split}", name), _to_parquet(table), s3_cfg=s3_cfg)
-        written += len(group)
+    for split in sorted(set(splits)):
+        part = table.filter(pa.array(splits == split))
+        artifact.write_bytes(join(scans, f"split={split}", name), _to_parquet(part), s3_cfg=s3_cfg)
+        written += part.num_rows
     return written
 
 
