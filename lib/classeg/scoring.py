@@ -223,8 +223,11 @@ class ScoreJob:
         }
         log.info("score: %d objects listed, %d already scored, %d to score", len(objects), summary["skipped"],
                  len(pending))
+        done = None
         if len(pending):
-            summary.update(self._score(spark, pending))
+            result = self._score(spark, pending)
+            done = result.pop("_done")
+            summary.update(result)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         if summary["error_rate"] > self.max_error_rate:
             failed_marker = self._write_failed(summary)
@@ -234,7 +237,7 @@ class ScoreJob:
                 f"score.max_error_rate={self.max_error_rate}; nothing recorded, the run is not complete (summary "
                 f"in {failed_marker})")
         if summary["rows_written"]:
-            self._record(spark, manifest, summary["rows_written"])
+            self._record(spark, manifest, summary["rows_written"], done)
         summary["marker"] = mark_run_complete(self.output, run_date=self.run_date, run_id=self.run_id,
                                               summary=summary, s3_cfg=self.s3)
         log.info("score run %s complete: %d listed, %d scored (%d ok, %d errors %s), %d skipped, %d tumour, "
@@ -260,16 +263,14 @@ class ScoreJob:
             spark.sparkContext.setJobDescription(None)
         scoring_seconds = time.perf_counter() - started
         written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(target)
-        kind = F.substring_index("error", ":", 1)
-        # One aggregation (one Spark job) for the invariant and the summary counts.
-        totals = written.agg(
-            F.count(F.lit(1)).alias("rows"), F.countDistinct("source_uri", "version").alias("distinct"),
-            F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
-            F.sum(F.when((F.col("status") == "ok") & F.col("tumor"), 1).otherwise(0)).alias("tumor"),
-            *[F.sum(F.when((F.col("status") == "error") & (kind == name), 1).otherwise(0)).alias(f"kind_{name}")
-              for name in ERROR_KINDS],
-            F.sum(F.when((F.col("status") == "error") & ~kind.isin(*ERROR_KINDS), 1).otherwise(0)).alias("kind_other"),
-        ).first()
+        done = None
+        if len(pending) <= _MANIFEST_CHUNK_ROWS:
+            # Small enough for one Arrow collect of the few columns needed: the invariant, the counts and the
+            # manifest rows all come from this one read (one Spark job instead of two).
+            done = written.select(F.col("source_uri").alias("uri"), "version", "status", "error", "tumor").toPandas()
+            totals = _totals(done)
+        else:
+            totals = _spark_totals(written)
         rows, distinct = totals["rows"], totals["distinct"]
         if rows != len(pending) or distinct != len(pending):
             raise JobFailed(f"score run {self.run_id}: wrote {rows} rows for {distinct} distinct objects, expected "
@@ -283,12 +284,16 @@ class ScoreJob:
                 "error_rate": round(errors / rows, 6) if rows else 0.0, "tumor": tumor, "rows_written": rows,
                 "partitions": partitions, "scoring_seconds": round(scoring_seconds, 3),
                 "images_per_s": round(rows / scoring_seconds, 3) if scoring_seconds > 0 else 0.0,
-                "path": target}
+                "path": target, "_done": done}
 
-    def _record(self, spark, manifest: Manifest, rows: int) -> None:
-        """Add the run's finished objects to the manifest, in bounded chunks (never the whole table at once)."""
+    def _record(self, spark, manifest: Manifest, rows: int, done: pd.DataFrame | None = None) -> None:
+        """Add the run's finished objects to the manifest, in bounded chunks (never the whole table at once).
+        ``done``: the run's (uri, version, status, error) rows when already read back."""
         from pyspark.sql import functions as F
 
+        if done is not None:
+            manifest.record(self.run_id, done[["uri", "version", "status", "error"]])
+            return
         written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(run_path(self.output, self.run_date, self.run_id))
         done = written.select(F.col("source_uri").alias("uri"), "version", "status", "error")
         if rows <= _MANIFEST_CHUNK_ROWS:  # small enough for one Arrow collect
@@ -306,6 +311,34 @@ class ScoreJob:
         target = location.uri if location.scheme == "s3" else location.path
         write_bytes(target, json.dumps(marker, indent=2, sort_keys=True, default=str).encode("utf-8"), s3_cfg=self.s3)
         return location.uri
+
+
+def _totals(done: pd.DataFrame) -> dict:
+    """The read-back counts (as :func:`_spark_totals`) from the collected (uri, version, status, error, tumor)."""
+    ok = done["status"] == "ok"
+    kind = done["error"].fillna("").str.split(":", n=1).str[0]
+    error = done["status"] == "error"
+    totals = {"rows": len(done), "distinct": len(done.drop_duplicates(["uri", "version"])), "ok": int(ok.sum()),
+              "tumor": int((ok & done["tumor"].fillna(False).astype(bool)).sum())}
+    totals.update({f"kind_{name}": int((error & (kind == name)).sum()) for name in ERROR_KINDS})
+    totals["kind_other"] = int((error & ~kind.isin(ERROR_KINDS)).sum())
+    return totals
+
+
+def _spark_totals(written) -> dict:
+    """The read-back counts in one Spark aggregation: rows, distinct (source_uri, version), ok, tumour, and
+    error rows by kind (the text before ':' in ``error``)."""
+    from pyspark.sql import functions as F
+
+    kind = F.substring_index("error", ":", 1)
+    return written.agg(
+        F.count(F.lit(1)).alias("rows"), F.countDistinct("source_uri", "version").alias("distinct"),
+        F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
+        F.sum(F.when((F.col("status") == "ok") & F.col("tumor"), 1).otherwise(0)).alias("tumor"),
+        *[F.sum(F.when((F.col("status") == "error") & (kind == name), 1).otherwise(0)).alias(f"kind_{name}")
+          for name in ERROR_KINDS],
+        F.sum(F.when((F.col("status") == "error") & ~kind.isin(*ERROR_KINDS), 1).otherwise(0)).alias("kind_other"),
+    ).first().asDict()
 
 
 def _chunks(rows: Iterator, size: int) -> Iterator[list]:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from classeg import imaging
-from classeg.archive import ArchiveError, Manifest
+from classeg.archive import ArchiveError, Manifest, list_archive, objects_frame
 from classeg.cli import main
 from classeg.config import load_config
 from classeg.datasets import synthetic
@@ -191,6 +191,30 @@ def test_local_folder_through_the_cli_and_a_failed_run_rerun_without_duplicates(
     check_rows(rows, truth)  # exactly one row per object: the failed run is not read
     assert rows["source_uri"].str.startswith(root.as_uri()).all()
     assert rows["etag"].isna().all() and rows["mtime"].notna().all()
+
+
+def test_large_run_read_back_path_gives_the_same_summary_and_manifest(spark, models, tmp_path, monkeypatch):
+    """Runs above scoring._MANIFEST_CHUNK_ROWS count with one Spark aggregation and record the manifest in
+    chunks; small runs read the written table back once. Both must agree exactly."""
+    from classeg import scoring
+
+    root = tmp_path / "archive"
+    synthetic.write_archive(root, seed=31, count=10, image_size=64)
+    results = {}
+    for name, chunk_rows in (("small", scoring._MANIFEST_CHUNK_ROWS), ("large", 3)):
+        monkeypatch.setattr(scoring, "_MANIFEST_CHUNK_ROWS", chunk_rows)
+        output = tmp_path / name
+        summary = run_score(spark, score_config(archive=root, output=output, models=models, fetch_threads=2))
+        manifest = Manifest.load(str(output))
+        results[name] = (summary, manifest)
+    keys = ["scored", "ok", "errors", "errors_by_reason", "error_rate", "tumor", "rows_written"]
+    small, large = results["small"][0], results["large"][0]
+    assert {k: small[k] for k in keys} == {k: large[k] for k in keys}
+    assert small["scored"] == 14 and small["errors"] == 4
+    objects = objects_frame(list_archive(str(root)))
+    for name, (_, manifest) in results.items():
+        assert len(manifest) == 14 and manifest.pending(objects).empty, name
+    assert "files=1)" in repr(results["small"][1]) and "files=5)" in repr(results["large"][1])  # 14 rows, 3 a file
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
