@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--slices", default="18,22", help="slices per patient range (min,max)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--attempts", type=int, default=3, help="alternating loop/job runs; the best of each counts")
+    parser.add_argument("--attempts", type=int, default=5, help="alternating loop/job runs; the best of each counts")
     parser.add_argument("--json", default="benchmarks/results/ingest.json")
     args = parser.parse_args()
     low, high = (int(x) for x in args.slices.split(","))
