@@ -5,9 +5,10 @@ Spark's ``binaryFile`` file index, recursively. Transform: each file is classifi
 (``parse_listing``), duplicate copies are dropped before any decoding, the remaining files are decoded in
 executors (``decode_frame``: decode, resize to the canonical size, PNG-encode; the tasks read local and S3
 files themselves, binaryFile's ``content`` feeds them for other filesystems), images are paired with their
-masks and labelled (``resolve``), and groups are dealt into splits (``split.assign_splits``). Load: the scan table partitioned by ``split``, an errors table in
-``errors/`` and ``summary.json`` written last, all under the output folder; a table without its summary is
-incomplete.
+masks and labelled (``resolve``), and groups are dealt into splits (``split.assign_splits``). Load: the scan
+table partitioned by ``split`` (written by the tasks from staged pixels, classeg.scanwrite, or by Spark), an
+errors table in ``errors/`` and ``summary.json`` written last, all under the output folder; a table without its
+summary is incomplete.
 
 Every listed file ends in exactly one place: a scan row (as its image or its mask) or an errors-table row
 (``severity`` 'error' for bad input, 'skipped' for duplicates, metadata and partners of failed files).

@@ -44,10 +44,11 @@ def writable_base(uri: str) -> str | None:
     head, sep, rest = uri.partition("://")
     if sep and head.lower() in ("s3", "s3a", "s3n"):
         return "s3://" + rest.rstrip("/")
+    if uri.startswith("file:/") and not uri.startswith("file://"):
+        uri = "file://" + uri[len("file:"):]  # Hadoop's file:/abs form
     try:
-        location = parse_uri(uri if not uri.startswith("file:/") or uri.startswith("file://")
-                             else "file://" + uri[len("file:"):])
-    except ValueError:
+        location = parse_uri(uri)
+    except ValueError:  # another scheme
         return None
     return location.path if location.scheme == "file" else None
 
