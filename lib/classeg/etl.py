@@ -25,9 +25,10 @@ from types import ModuleType
 
 import pandas as pd
 
-from classeg import __version__, scanwrite, split as splitting
+from classeg import __version__, artifact, scanwrite, split as splitting
 from classeg.config import Config
 from classeg.datasets import figshare, folders, lgg
+from classeg.archive import FetchError, fetch, parse_uri, s3_client
 from classeg.datasets.common import is_hidden
 from classeg.imaging import DecodeError
 
@@ -52,8 +53,8 @@ META_FIELDS = [field for field in DECODED_FIELDS if field[0] not in ("image", "m
 ERROR_COLUMNS = ["source_uri", "relpath", "severity", "reason", "detail"]
 # PNG bytes are unique and already compressed: a dictionary for them is built only to be thrown away.
 PARQUET_OPTIONS = {"parquet.enable.dictionary#image": "false", "parquet.enable.dictionary#mask": "false"}
-SCAN_COLUMNS = ["scan_id", "dataset", "source_uri", "mask_source_uri", "patient_id", "slice_index", "sequence",
-                "label", "label_name", "image", "mask", "has_tumor", "orig_height", "orig_width", "split", "fold"]
+# The scan table's columns: the stored ones (scanwrite.SCAN_SCHEMA, the same whoever writes) and the split.
+SCAN_COLUMNS = [*scanwrite.SCAN_SCHEMA.names, "split"]
 
 
 def _ddl(fields) -> str:
@@ -113,8 +114,6 @@ def decode_frame(files: pd.DataFrame, *, dataset: str, image_size: int, read=Non
 
 
 def _read_or_raise(read, path: str) -> bytes:
-    from classeg.archive import FetchError
-
     try:
         return read(path)
     except (OSError, FetchError) as err:
@@ -134,8 +133,6 @@ def path_scheme(path: str) -> str:
 def source_reader(s3_cfg=None):
     """``read(path) -> bytes`` for paths as Spark's listing reports them (``file:/a b``, ``s3://bucket/key``).
     One S3 client per reader (made on first use), so one per task."""
-    from classeg import archive
-
     client = []
 
     def read(path: str) -> bytes:
@@ -148,8 +145,8 @@ def source_reader(s3_cfg=None):
                 return handle.read()
         if scheme in ("s3", "s3a", "s3n"):
             if not client:
-                client.append(archive.s3_client(s3_cfg))
-            return archive.fetch("s3://" + path.split("://", 1)[1], s3_cfg=s3_cfg, client=client[0])
+                client.append(s3_client(s3_cfg))
+            return fetch("s3://" + path.split("://", 1)[1], s3_cfg=s3_cfg, client=client[0])
         raise ValueError(f"tasks cannot read {path!r} themselves (scheme {scheme!r}); use binaryFile")
 
     return read
@@ -319,11 +316,9 @@ def list_local(input_uri: str) -> tuple[str, list[str]] | None:
     rows). None for any other filesystem. No Spark job: Spark's file index lists 30+ folders with one."""
     import os
 
-    from classeg import archive
-
     if path_scheme(input_uri) != "file":
         return None
-    local = archive.parse_uri(input_uri).path
+    local = parse_uri(input_uri).path
     if not os.path.exists(local):
         raise FileNotFoundError(f"dataset input {input_uri!r} does not exist")
     if not os.path.isdir(local):
@@ -528,7 +523,7 @@ def run_ingest(spark, cfg: Config) -> dict:
     lap("list")
     mode = read_mode(to_decode["path"], job.read)
     base = scanwrite.writable_base(output) if mode == "tasks" else None
-    staging = scanwrite.join(base, f"{scanwrite.STAGING_PREFIX}{run_id}") if base else None
+    staging = artifact.join(base, f"{scanwrite.STAGING_PREFIX}{run_id}") if base else None
     decoded, parts, plan_broadcast = decode_files(spark, raw, to_decode, dataset=job.dataset, image_size=job.image_size,
                                   mode=mode, partitions=job.partitions, s3_cfg=cfg, staging=staging)
     if staging is None:
@@ -559,7 +554,7 @@ def run_ingest(spark, cfg: Config) -> dict:
         if staging:
             delete_path(spark, f"{output}/{SCANS_DIR}")
             written = finalize_scans(spark, units, meta, parts=parts, staging=staging,
-                                     scans=scanwrite.join(base, SCANS_DIR), dataset=job.dataset, s3_cfg=cfg)
+                                     scans=artifact.join(base, SCANS_DIR), dataset=job.dataset, s3_cfg=cfg)
             if written != len(units):  # every resolved scan must be in exactly one staging file
                 raise RuntimeError(f"ingest bug: {len(units)} scans resolved but {written} written")
         else:

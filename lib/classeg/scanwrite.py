@@ -5,8 +5,8 @@ Ingest's default path for local and S3 outputs (``etl.run_ingest``), in two Spar
 1. Each decode task decodes its slice of the plan, writes the pixels (path, image, mask) to one staging
    Parquet file ``<output>/_staging-<run_id>/part-<partition>.parquet`` and returns only the metadata, which
    the driver collects to pair, label and split the scans.
-2. One finalize task per staging file joins its rows with the resolved scans and writes
-   ``<output>/scans/split=<split>/part-<partition>.parquet``: the layout Spark's ``partitionBy("split")``
+2. Finalize tasks (one per core, each taking several staging files) join each staging file's rows with the
+   resolved scans and write ``<output>/scans/split=<split>/part-<partition>.parquet``: the layout Spark's ``partitionBy("split")``
    writes, read back by ``spark.read.parquet``.
 
 The plan is cut only between keys (``chunk_plan``), so an LGG slice and its mask are always in the same
@@ -16,7 +16,6 @@ S3: one PUT), so a retried or speculative task replaces its own file instead of 
 from __future__ import annotations
 
 import io
-import os
 from typing import Any
 
 import pandas as pd
@@ -77,17 +76,13 @@ def _to_parquet(table: pa.Table, compression: str | None = "snappy") -> bytes:
     return sink.getvalue()
 
 
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if base.startswith("s3://") else os.path.join(base, *parts)
-
-
 def write_staged(decoded: pd.DataFrame, *, staging: str, partition: int, s3_cfg: Any = None) -> None:
     """Write one task's decoded pixels (path, image, mask) as its staging file."""
     frame = decoded[["path", "image", "mask"]]
     frame = frame[frame["image"].notna() | frame["mask"].notna()]
     table = pa.Table.from_pandas(frame, schema=STAGED_SCHEMA, preserve_index=False)
     # Uncompressed: read once, straight away; PNG bytes do not compress anyway.
-    artifact.write_bytes(join(staging, part_name(partition)), _to_parquet(table, None), s3_cfg=s3_cfg)
+    artifact.write_bytes(artifact.join(staging, part_name(partition)), _to_parquet(table, None), s3_cfg=s3_cfg)
 
 
 def finalize_part(name: str, units: pd.DataFrame, *, staging: str, scans: str, dataset: str,
@@ -95,19 +90,16 @@ def finalize_part(name: str, units: pd.DataFrame, *, staging: str, scans: str, d
     """Join one staging file with the resolved scans whose image it holds and write their rows, one file per
     split. ``units``: etl.resolve's scans plus orig_height/orig_width. Pixels stay in Arrow buffers (taken by
     index, never turned into Python objects). Returns the number of rows written."""
-    staged = pq.read_table(io.BytesIO(artifact.read_bytes(join(staging, name), s3_cfg=s3_cfg)))
+    staged = pq.read_table(io.BytesIO(artifact.read_bytes(artifact.join(staging, name), s3_cfg=s3_cfg)))
     row_of = {path: i for i, path in enumerate(staged.column("path").to_pylist())}
     mine = units[units["image_path"].isin(row_of.keys())]
     if mine.empty:
         return 0
-    columns = {field.name: None for field in SCAN_SCHEMA}
     plain = _plain(mine)
-    for field in SCAN_SCHEMA:
-        source = {"source_uri": "image_path", "mask_source_uri": "mask_path"}.get(field.name, field.name)
-        if field.name == "dataset":
-            columns[field.name] = pa.array([dataset] * len(mine), pa.string())
-        elif field.name not in ("image", "mask"):
-            columns[field.name] = pa.array(plain[source].tolist(), field.type)
+    renamed = {"source_uri": "image_path", "mask_source_uri": "mask_path"}
+    columns = {field.name: pa.array(plain[renamed.get(field.name, field.name)].tolist(), field.type)
+               for field in SCAN_SCHEMA if field.name not in ("dataset", "image", "mask")}
+    columns["dataset"] = pa.array([dataset] * len(mine), pa.string())
     columns["image"] = staged.column("image").take(pa.array([row_of[p] for p in mine["image_path"]]))
     columns["mask"] = (staged.column("mask").take(pa.array([row_of[p] for p in mine["mask_path"]]))
                        if dataset != "folders" else pa.nulls(len(mine), pa.binary()))
@@ -116,7 +108,7 @@ def finalize_part(name: str, units: pd.DataFrame, *, staging: str, scans: str, d
     written = 0
     for split in sorted(set(splits)):
         part = table.filter(pa.array(splits == split))
-        artifact.write_bytes(join(scans, f"split={split}", name), _to_parquet(part), s3_cfg=s3_cfg)
+        artifact.write_bytes(artifact.join(scans, f"split={split}/{name}"), _to_parquet(part), s3_cfg=s3_cfg)
         written += part.num_rows
     return written
 

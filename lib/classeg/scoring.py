@@ -231,8 +231,7 @@ class ScoreJob:
                  len(pending))
         done = None
         if len(pending):
-            result = self._score(spark, pending)
-            done = result.pop("_done")
+            result, done = self._score(spark, pending)
             summary.update(result)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         if summary["error_rate"] > self.max_error_rate:
@@ -252,7 +251,9 @@ class ScoreJob:
                  summary["images_per_s"], summary["seconds"])
         return summary
 
-    def _score(self, spark, pending: pd.DataFrame) -> dict:
+    def _score(self, spark, pending: pd.DataFrame) -> tuple[dict, pd.DataFrame | None]:
+        """Score ``pending`` and check the written rows; returns (summary counts, the collected (uri, version,
+        status, error, tumor) rows, or None for runs too large to collect)."""
         from pyspark.sql import functions as F
 
         from classeg.cli import JobFailed
@@ -290,7 +291,7 @@ class ScoreJob:
                 "error_rate": round(errors / rows, 6) if rows else 0.0, "tumor": tumor, "rows_written": rows,
                 "partitions": partitions, "scoring_seconds": round(scoring_seconds, 3),
                 "images_per_s": round(rows / scoring_seconds, 3) if scoring_seconds > 0 else 0.0,
-                "path": target, "_done": done}
+                "path": target}, done
 
     def _record(self, spark, manifest: Manifest, rows: int, done: pd.DataFrame | None = None) -> None:
         """Add the run's finished objects to the manifest, in bounded chunks (never the whole table at once).

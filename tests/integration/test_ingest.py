@@ -264,7 +264,7 @@ def test_task_reads_and_table_writes_against_s3(s3, s3_cfg, tmp_path):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from classeg import etl, scanwrite
+    from classeg import artifact, etl, scanwrite
 
     s3.create_bucket(Bucket="scans")
     truth = synthetic.write_lgg(tmp_path / "data", patients=2, seed=6, image_size=32, slices_per_patient=(3, 3),
@@ -286,7 +286,7 @@ def test_task_reads_and_table_writes_against_s3(s3, s3_cfg, tmp_path):
     assert len(ok) == 2 * len(truth["slices"])
 
     base = scanwrite.writable_base("s3://scans/tables/lgg/")
-    staging, scans = scanwrite.join(base, "_staging-t"), scanwrite.join(base, "scans")
+    staging, scans = artifact.join(base, "_staging-t"), artifact.join(base, "scans")
     scanwrite.write_staged(ok, staging=staging, partition=0, s3_cfg=s3_cfg)
     meta = ok.drop(columns=["image", "mask"])
     units, _, _ = etl.resolve(meta, dataset="lgg", fractions=[0.5, 0.25, 0.25], seed=1)
