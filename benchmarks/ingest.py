@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
+from classeg import scanwrite  # noqa: E402
 from classeg.config import load_config  # noqa: E402
 from classeg.datasets import lgg, synthetic  # noqa: E402
 from classeg.etl import run_ingest  # noqa: E402
@@ -48,9 +48,7 @@ def plain_loop(root: Path, out: Path, image_size: int) -> int:
             rows.append({"source_uri": str(path), "image": image["image"], "mask": mask["mask"],
                          "has_tumor": mask["has_tumor"], "patient_id": lgg.patient_of(folder.name)})
     table = pa.Table.from_pandas(pd.DataFrame(rows))
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out / "part-0.parquet", compression="snappy",  # as the job: no dictionary for PNGs
-                   use_dictionary=[c for c in table.column_names if c not in ("image", "mask")])
+    scanwrite.write_parquet(table, str(out / "part-0.parquet"))  # the job's writer and options
     return len(rows)
 
 

@@ -45,7 +45,8 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key.rstrip("/")
 
 
-def _local(uri: str) -> str:
+def local_path(uri: str) -> str:
+    """The filesystem path of a local URI (a plain path or ``file://``)."""
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
@@ -57,7 +58,7 @@ def write_bytes(uri: str, data: bytes, *, s3_cfg: Any = None) -> None:
         bucket, key = _split_s3(uri)
         s3_client(s3_cfg).put_object(Bucket=bucket, Key=key, Body=data)
         return
-    path = _local(uri)
+    path = local_path(uri)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as handle:
@@ -80,7 +81,7 @@ def read_bytes(uri: str, *, s3_cfg: Any = None) -> bytes:
             if code in ("NoSuchKey", "404", "NoSuchBucket"):
                 raise FileNotFoundError(f"{uri} does not exist ({code})") from err
             raise
-    path = _local(uri)
+    path = local_path(uri)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{uri} does not exist")
     with open(path, "rb") as handle:

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from types import ModuleType
 
 import pandas as pd
+import pyarrow as pa
 
 from classeg import __version__, artifact, scanwrite, split as splitting
 from classeg.config import Config
@@ -391,18 +392,21 @@ def decode_files(spark, raw, to_decode: pd.DataFrame, *, dataset: str, image_siz
         read = source_reader(s3_cfg)
         for batch in batches:
             for chunk in batch["id"]:
-                plan, pixels = shared.value[chunk], []
-                for start in range(0, len(plan), DECODE_BATCH):
-                    frame = decode_frame(plan.iloc[start:start + DECODE_BATCH], dataset=dataset,
-                                         image_size=image_size, read=read)
-                    if staging is not None:
-                        pixels.append(frame[["path", "image", "mask"]])
-                        frame = frame.drop(columns=["image", "mask"])
-                    yield frame
-                if staging is not None:
-                    staged = pd.concat(pixels, ignore_index=True) if pixels else pd.DataFrame(
-                        columns=["path", "image", "mask"])
-                    scanwrite.write_staged(staged, staging=staging, partition=int(chunk), s3_cfg=s3_cfg)
+                plan = shared.value[chunk]
+                stage = scanwrite.StagingWriter(staging, int(chunk), s3_cfg=s3_cfg) if staging else None
+                try:
+                    for start in range(0, len(plan), DECODE_BATCH):
+                        frame = decode_frame(plan.iloc[start:start + DECODE_BATCH], dataset=dataset,
+                                             image_size=image_size, read=read)
+                        if stage is not None:
+                            stage.write(frame)  # pixels go to the staging file, metadata to the driver
+                            frame = frame.drop(columns=["image", "mask"])
+                        yield frame
+                    if stage is not None:
+                        stage.close()
+                finally:
+                    if stage is not None:
+                        stage.abort()  # a no-op once closed; a failed attempt leaves no temp file
 
     ids = spark.range(len(chunks), numPartitions=max(1, len(chunks)))
     return ids.mapInPandas(run, schema=_ddl(fields)), len(chunks), shared
@@ -466,6 +470,23 @@ def read_text(spark, uri: str) -> str:
         return spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
     finally:
         stream.close()
+
+
+ERRORS_SCHEMA = pa.schema([(name, pa.string()) for name in ERROR_COLUMNS])
+
+
+def write_issues(spark, issues: pd.DataFrame, *, output: str, folder: str, base: str | None, s3_cfg=None) -> None:
+    """Load: the errors table (ERROR_COLUMNS) as ``<output>/<folder>``, replacing it. Where the tasks write
+    the scan table (``base``: the output as scanwrite.writable_base gives it) the driver writes one Parquet file
+    with pyarrow, with no Spark job for a few hundred rows; elsewhere Spark writes it."""
+    plain = issues[ERROR_COLUMNS].astype(object).where(issues[ERROR_COLUMNS].notna(), None)
+    if base is None:
+        (spark.createDataFrame(plain, schema=_ddl([(name, "string") for name in ERROR_COLUMNS]))
+         .coalesce(1).write.mode("overwrite").parquet(f"{output}/{folder}"))
+        return
+    delete_path(spark, f"{output}/{folder}")
+    table = pa.Table.from_pandas(plain, schema=ERRORS_SCHEMA, preserve_index=False)
+    scanwrite.write_parquet(table, artifact.join(base, f"{folder}/{scanwrite.part_name(0)}"), s3_cfg=s3_cfg)
 
 
 def read_scan_table(spark, uri: str):
@@ -539,17 +560,16 @@ def run_ingest(spark, cfg: Config) -> dict:
         issues = pd.concat([path_issues, decode_issues, unread], ignore_index=True).sort_values("relpath")
         summary = summarise(units, issues, listed=len(listing), dataset=job.dataset, class_names=class_names,
                             cfg=cfg, root=root, run_id=run_id)
-        issues_frame = spark.createDataFrame(issues.astype(object).where(issues.notna(), None),
-                                             schema="source_uri string, relpath string, severity string, "
-                                                    "reason string, detail string")
         failure = _failure(summary, job.max_error_rate)
         if failure:
             summary.update(status="failed", failure=failure)
-            issues_frame.coalesce(1).write.mode("overwrite").parquet(f"{output}/{FAILURE_DIR}/{ERRORS_DIR}")
+            write_issues(spark, issues, output=output, folder=f"{FAILURE_DIR}/{ERRORS_DIR}", base=base,
+                         s3_cfg=cfg)
             write_text(spark, f"{output}/{FAILURE_DIR}/{SUMMARY_NAME}", json.dumps(summary, indent=2))
             raise JobFailed(f"{failure}; the scan table was not written (errors and summary in "
                             f"{output}/{FAILURE_DIR}/)")
         log.info("ingest %s: writing %d scans to %s", job.dataset, summary["scans"], output)
+        lap("resolve")
         delete_path(spark, f"{output}/{SUMMARY_NAME}")  # from here until the new summary, the table is incomplete
         if staging:
             delete_path(spark, f"{output}/{SCANS_DIR}")
@@ -561,7 +581,7 @@ def run_ingest(spark, cfg: Config) -> dict:
             (build_scans(spark, decoded, units, dataset=job.dataset).write.mode("overwrite").partitionBy("split")
              .options(**PARQUET_OPTIONS).parquet(f"{output}/{SCANS_DIR}"))
         lap("write_scans")
-        issues_frame.coalesce(1).write.mode("overwrite").parquet(f"{output}/{ERRORS_DIR}")
+        write_issues(spark, issues, output=output, folder=ERRORS_DIR, base=base, s3_cfg=cfg)
         delete_path(spark, f"{output}/{FAILURE_DIR}")
         lap("write_errors")
         summary["status"] = "complete"
@@ -593,8 +613,8 @@ def finalize_scans(spark, units: pd.DataFrame, meta: pd.DataFrame, *, parts: int
     def run(batches):  # a pandas UDF like the decode: the same (warm) Python workers run it
         for batch in batches:
             yield pd.DataFrame({"written": [
-                scanwrite.finalize_part(scanwrite.part_name(int(part)), shared.value, staging=staging, scans=scans,
-                                        dataset=dataset, s3_cfg=s3_cfg) for part in batch["id"]]}, dtype="int64")
+                scanwrite.finalize_part(int(part), shared.value, staging=staging, scans=scans, dataset=dataset,
+                                        s3_cfg=s3_cfg) for part in batch["id"]]}, dtype="int64")
 
     try:
         # One task per core (each takes several parts): finalizing a part is short next to a task's start-up.

@@ -292,7 +292,7 @@ def test_task_reads_and_table_writes_against_s3(s3, s3_cfg, tmp_path):
     units, _, _ = etl.resolve(meta, dataset="lgg", fractions=[0.5, 0.25, 0.25], seed=1)
     sizes = meta.loc[meta["kind"] == "image", ["path", "orig_height", "orig_width"]].rename(
         columns={"path": "image_path"})
-    written = scanwrite.finalize_part(scanwrite.part_name(0), units.merge(sizes, on="image_path"),
+    written = scanwrite.finalize_part(0, units.merge(sizes, on="image_path"),
                                       staging=staging, scans=scans, dataset="lgg", s3_cfg=s3_cfg)
     assert written == len(units) == len(truth["slices"])
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="scans", Prefix="tables/lgg/scans/")["Contents"])

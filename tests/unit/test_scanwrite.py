@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -87,8 +88,8 @@ def test_staged_parts_round_trip_into_split_folders(tmp_path):
     for part, chunk in enumerate(chunks):
         scanwrite.write_staged(decoded.iloc[chunk], staging=staging, partition=part)
     scanwrite.write_staged(decoded.iloc[chunks[0]], staging=staging, partition=0)  # a retried task
-    written = sum(scanwrite.finalize_part(scanwrite.part_name(part), units, staging=staging, scans=scans,
-                                          dataset="lgg") for part in range(len(chunks)))
+    written = sum(scanwrite.finalize_part(part, units, staging=staging, scans=scans, dataset="lgg")
+                  for part in range(len(chunks)))
     assert written == len(units)
     table = pq.read_table(scans).to_pandas()  # hive-style split=... folders become the split column
     assert len(table) == len(units) and set(table["scan_id"]) == set(units["scan_id"])
@@ -99,3 +100,56 @@ def test_staged_parts_round_trip_into_split_folders(tmp_path):
         assert row.image == by_path.loc[row.source_uri, "image"]
         assert row.mask == by_path.loc[row.mask_path, "mask"]
         assert imaging.decode_png(row.image).shape == (16, 16, 3)
+
+
+def _pixels(paths, size):
+    return pd.DataFrame({"path": paths, "image": [bytes([i % 251]) * size for i in range(len(paths))],
+                         "mask": [None if i % 3 == 0 else b"m%d" % i for i in range(len(paths))]})
+
+
+def test_staging_writer_appends_batches_and_publishes_whole(tmp_path):
+    staging = str(tmp_path / "_staging-r")
+    first, second = _pixels([f"file:/a/{i}.tif" for i in range(5)], 100), _pixels(["file:/b/0.tif"], 7)
+    empty = first.iloc[:0]
+    nothing = pd.DataFrame({"path": ["file:/c/bad.tif"], "image": [None], "mask": [None]})  # a failed decode
+    writer = scanwrite.StagingWriter(staging, 3)
+    for frame in (first, empty, nothing, second):
+        writer.write(frame)
+    assert sorted(p.name for p in (tmp_path / "_staging-r").iterdir())[0].startswith("part-00003.arrow.tmp-")
+    assert not (tmp_path / "_staging-r" / "part-00003.arrow").exists()  # not visible before close
+    writer.close()
+    assert [p.name for p in (tmp_path / "_staging-r").iterdir()] == ["part-00003.arrow"]
+    table = scanwrite.read_staged(staging, 3)
+    assert table.schema == scanwrite.STAGED_SCHEMA
+    assert table.column("path").to_pylist() == [*first["path"], *second["path"]]
+    assert table.column("image").to_pylist() == [*first["image"], *second["image"]]
+    assert table.column("mask").to_pylist() == [*first["mask"], *second["mask"]]
+
+
+def test_staging_writer_abort_and_exception_leave_nothing(tmp_path):
+    staging = str(tmp_path / "_staging-r")
+    writer = scanwrite.StagingWriter(staging, 0)
+    writer.write(_pixels(["file:/a.tif"], 10))
+    writer.abort()
+    writer.abort()  # idempotent
+    assert list((tmp_path / "_staging-r").iterdir()) == []
+    with pytest.raises(RuntimeError, match="decode died"):
+        with scanwrite.StagingWriter(staging, 1) as writer:
+            writer.write(_pixels(["file:/a.tif"], 10))
+            raise RuntimeError("decode died")
+    assert list((tmp_path / "_staging-r").iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="part-00001.arrow"):
+        scanwrite.read_staged(staging, 1)
+
+
+def test_scan_files_store_pixels_plain_and_the_rest_snappy(tmp_path):
+    table = pa.table({"scan_id": ["a", "b"], "image": [b"\x89PNG" * 50, b"\x89PNG" * 60], "mask": [None, b"m"]})
+    target = tmp_path / "split=train" / "part-00000.parquet"
+    scanwrite.write_parquet(table, str(target))
+    assert [p.name for p in target.parent.iterdir()] == ["part-00000.parquet"]  # no temp file left
+    metadata = pq.ParquetFile(target).metadata.row_group(0)
+    chunks = {metadata.column(i).path_in_schema: metadata.column(i) for i in range(metadata.num_columns)}
+    assert chunks["scan_id"].compression == "SNAPPY" and chunks["scan_id"].statistics is not None
+    assert chunks["image"].compression == chunks["mask"].compression == "UNCOMPRESSED"
+    assert chunks["image"].statistics is None
+    assert pq.read_table(target).equals(table)
