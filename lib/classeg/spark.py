@@ -32,7 +32,8 @@ def get_spark(cfg: Config, *, app_name: str | None = None):
     """Return the active SparkSession, creating it from ``cfg.spark`` if there is none.
 
     Settings: Arrow enabled with ``spark.arrow_batch_size`` records per batch, Python worker reuse,
-    shuffle partitions, the UI off locally unless ``spark.ui``, and ``spark.extra`` passed through verbatim.
+    shuffle partitions, the UI off locally unless ``spark.ui``, the local driver's JVM options
+    (``spark.local_java_options``), and ``spark.extra`` passed through verbatim (it wins).
     Python workers use this interpreter unless ``PYSPARK_PYTHON`` says otherwise.
     """
     ensure_driver("get_spark")
@@ -46,6 +47,8 @@ def get_spark(cfg: Config, *, app_name: str | None = None):
         builder = builder.master(spark_cfg.master)
         builder = builder.config("spark.ui.enabled", str(bool(spark_cfg.ui)).lower())
         builder = builder.config("spark.driver.memory", os.environ.get("CLASSEG_DRIVER_MEMORY", "4g"))
+        if spark_cfg.local_java_options:  # C1-only JIT by default: see conf/local.yaml
+            builder = builder.config("spark.driver.extraJavaOptions", spark_cfg.local_java_options)
     settings = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark_cfg.arrow_batch_size),
