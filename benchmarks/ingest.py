@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +53,27 @@ def plain_loop(root: Path, out: Path, image_size: int) -> int:
     return len(rows)
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU-seconds used so far by this process ('driver': it runs the loop too), the Spark JVM and the Python
+    workers (every other child), summed over the processes alive now."""
+    import psutil
+
+    totals = {"driver": 0.0, "jvm": 0.0, "workers": 0.0}
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times, name = process.cpu_times(), process.name()
+        except psutil.Error:  # a worker that just exited
+            continue
+        kind = "driver" if process.pid == me.pid else "jvm" if "java" in name else "workers"
+        totals[kind] += times.user + times.system
+    return totals
+
+
+def _spent(before: dict, after: dict) -> dict:
+    return {kind: round(after[kind] - before[kind], 2) for kind in before}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=110)
@@ -88,14 +110,15 @@ def main() -> None:
     results = {}
     for attempt in range(args.attempts):
         shutil.rmtree(work / "loop-table", ignore_errors=True)
-        started = time.perf_counter()
+        cpu_start, started = cpu_seconds(), time.perf_counter()
         slices = plain_loop(data, work / "loop-table", args.image_size)
-        loop_seconds = time.perf_counter() - started
+        loop_seconds, cpu_loop = time.perf_counter() - started, cpu_seconds()
         started = time.perf_counter()
         summary = run_ingest(spark, cfg(data, work / "job-table"))
-        job_seconds = time.perf_counter() - started
+        job_seconds, cpu_job = time.perf_counter() - started, cpu_seconds()
         assert summary["scans"] == slices, (summary["scans"], slices)
-        results[attempt] = (loop_seconds, job_seconds, summary["phase_seconds"])
+        results[attempt] = (loop_seconds, job_seconds, summary["phase_seconds"],
+                            _spent(cpu_start, cpu_loop)["driver"], _spent(cpu_loop, cpu_job))
     loop_seconds = min(r[0] for r in results.values())
     job_seconds = min(r[1] for r in results.values())
     report = {
@@ -106,7 +129,10 @@ def main() -> None:
         "loop_seconds": round(loop_seconds, 2), "job_seconds": round(job_seconds, 2),
         "loop_slices_per_s": round(slices / loop_seconds, 1), "job_slices_per_s": round(slices / job_seconds, 1),
         "ratio": round(loop_seconds / job_seconds, 3), "goal": 1.6,
-        "runs": {str(k): {"loop_seconds": round(v[0], 2), "job_seconds": round(v[1], 2), "job_phase_seconds": v[2]}
+        "median_ratio": round(statistics.median(r[0] for r in results.values())
+                              / statistics.median(r[1] for r in results.values()), 3),
+        "runs": {str(k): {"loop_seconds": round(v[0], 2), "job_seconds": round(v[1], 2), "job_phase_seconds": v[2],
+                          "loop_cpu_seconds": v[3], "job_cpu_seconds": v[4]}
                  for k, v in results.items()},
         "method": f"best of {args.attempts} alternating runs each; job timed from a started local[2] session after a warm-up "
                   "job; loop = one Python process doing the same decode/resize/PNG/Parquet work",

@@ -104,10 +104,16 @@ def summarise_ingest(result: dict) -> tuple[str, list[str]]:
     runs = result.get("runs") or {}
     if runs:
         phases = sorted({name for run in runs.values() for name in (run.get("job_phase_seconds") or {})})
-        lines += ["", *_table(["attempt", "loop s", "job s", *[f"job {name} s" for name in phases]], [
+        kinds = sorted({kind for run in runs.values() for kind in (run.get("job_cpu_seconds") or {})})
+        cpu_headers = (["loop CPU s", *[f"job {kind} CPU s" for kind in kinds]] if kinds else [])
+        lines += ["", *_table(["attempt", "loop s", "job s", *[f"job {name} s" for name in phases], *cpu_headers], [
             [key, run.get("loop_seconds"), run.get("job_seconds"),
-             *[(run.get("job_phase_seconds") or {}).get(name, "") for name in phases]]
+             *[(run.get("job_phase_seconds") or {}).get(name, "") for name in phases],
+             *([run.get("loop_cpu_seconds", "")] + [(run.get("job_cpu_seconds") or {}).get(k, "") for k in kinds]
+               if kinds else [])]
             for key, run in sorted(runs.items())])]
+        if result.get("median_ratio") is not None:
+            lines += ["", f"Ratio of the medians over the attempts: {_fmt(result['median_ratio'])}x."]
     return _ratio_headline(result), lines
 
 

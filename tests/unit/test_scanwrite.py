@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -153,3 +154,10 @@ def test_scan_files_store_pixels_plain_and_the_rest_snappy(tmp_path):
     assert chunks["image"].compression == chunks["mask"].compression == "UNCOMPRESSED"
     assert chunks["image"].statistics is None
     assert pq.read_table(target).equals(table)
+
+
+@pytest.mark.parametrize("positions, runs", [
+    ([], []), ([4], [(4, 1)]), ([0, 1, 2], [(0, 3)]), ([0, 2, 3, 4, 9], [(0, 1), (2, 3), (9, 1)]),
+    ([5, 6, 8, 9, 11], [(5, 2), (8, 2), (11, 1)])])
+def test_runs_of_consecutive_rows(positions, runs):
+    assert scanwrite._runs(np.array(positions, dtype="int64")) == runs
