@@ -683,6 +683,37 @@ def _put_bytes(location: ArchiveLocation, data: bytes, settings: Mapping[str, An
         raise ArchiveError(f"cannot write {location.uri}: {err.strerror or err}") from err
 
 
+def put_object(uri: str, data: bytes, *, s3_cfg: Any = None) -> None:
+    """Write ``data`` as the S3 object ``uri`` (``s3://bucket/key``) with one PUT, transient failures retried
+    as in :func:`fetch`; raises ArchiveError naming the URI when it cannot."""
+    location = parse_uri(uri)
+    if location.scheme != "s3" or not location.prefix or location.prefix.endswith("/"):
+        raise ValueError(f"put_object needs the s3:// URI of one object, got {uri!r}")
+    _put_bytes(location, data, _s3_settings(s3_cfg))
+
+
+def delete_objects(uri: str, *, s3_cfg: Any = None) -> int:
+    """Delete the S3 object ``uri`` and every object below it as a folder (``uri`` + ``/``), each list page and
+    delete batch retried as in :func:`fetch`. Returns how many were deleted; nothing there is not an error."""
+    location = parse_uri(uri)
+    key = location.prefix.rstrip("/")
+    if location.scheme != "s3" or not key:
+        raise ValueError(f"delete_objects needs an s3://bucket/prefix URI below the bucket, got {uri!r}")
+    settings = _s3_settings(s3_cfg)
+    doomed = [item["Key"] for page in _s3_pages(location, key, settings) for item in page.get("Contents", ())
+              if item["Key"] == key or item["Key"].startswith(key + "/")]
+    client = s3_client(settings)
+    for start in range(0, len(doomed), 1000):  # delete_objects takes at most 1000 keys a request
+        batch = {"Objects": [{"Key": name} for name in doomed[start:start + 1000]], "Quiet": True}
+        response = _s3_call(functools.partial(client.delete_objects, Bucket=location.bucket, Delete=batch),
+                            uri=location.uri, what=f"deleting under {location.uri}", settings=settings)
+        if response.get("Errors"):
+            first = response["Errors"][0]
+            raise ArchiveError(f"cannot delete {len(response['Errors'])} objects under {location.uri}, e.g. "
+                               f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+    return len(doomed)
+
+
 def _list_files(folder: ArchiveLocation, suffix: str, settings: Mapping[str, Any]) -> list[ArchiveLocation]:
     """Visible files directly or deeper under ``folder`` ending with ``suffix``; none if it does not exist."""
     if folder.scheme == "file":

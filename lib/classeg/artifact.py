@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -39,10 +40,9 @@ def default_tumor_classes(class_names) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- storage
-def _split_s3(uri: str) -> tuple[str, str]:
-    rest = uri.split("://", 1)[1]
-    bucket, _, key = rest.partition("/")
-    return bucket, key.rstrip("/")
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` names an S3 object or prefix (``s3://``, ``s3a://``, ``s3n://``): boto3 handles it."""
+    return uri.startswith(("s3://", "s3a://", "s3n://"))
 
 
 def local_path(uri: str) -> str:
@@ -51,12 +51,12 @@ def local_path(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes, *, s3_cfg: Any = None) -> None:
-    """Write a whole object/file atomically enough: local files via a temp file and rename."""
-    if uri.startswith(("s3://", "s3a://")):
-        from classeg.archive import s3_client
+    """Write a whole object/file: S3 with one PUT (transient failures retried as ``s3.max_attempts`` says),
+    local files via a temp file and rename, so nobody reads half a file."""
+    if is_s3(uri):
+        from classeg.archive import put_object
 
-        bucket, key = _split_s3(uri)
-        s3_client(s3_cfg).put_object(Bucket=bucket, Key=key, Body=data)
+        put_object(_as_s3(uri), data, s3_cfg=s3_cfg)
         return
     path = local_path(uri)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -67,25 +67,40 @@ def write_bytes(uri: str, data: bytes, *, s3_cfg: Any = None) -> None:
 
 
 def read_bytes(uri: str, *, s3_cfg: Any = None) -> bytes:
-    """Read a whole object/file; FileNotFoundError naming the URI when it is absent."""
-    if uri.startswith(("s3://", "s3a://")):
-        from botocore.exceptions import ClientError
+    """Read a whole object/file (S3 GETs retried like classeg.archive.fetch); FileNotFoundError naming the URI
+    when it is absent."""
+    if is_s3(uri):
+        from classeg.archive import FetchError, fetch
 
-        from classeg.archive import s3_client
-
-        bucket, key = _split_s3(uri)
         try:
-            return s3_client(s3_cfg).get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NoSuchBucket"):
-                raise FileNotFoundError(f"{uri} does not exist ({code})") from err
+            return fetch(_as_s3(uri), s3_cfg=s3_cfg)
+        except FetchError as err:
+            if err.kind == "not_found":
+                raise FileNotFoundError(f"{uri} does not exist ({err})") from err
             raise
     path = local_path(uri)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{uri} does not exist")
     with open(path, "rb") as handle:
         return handle.read()
+
+
+def _as_s3(uri: str) -> str:
+    return "s3://" + uri.split("://", 1)[1]
+
+
+def delete_tree(uri: str, *, s3_cfg: Any = None) -> None:
+    """Delete the file or object ``uri`` and everything below it as a folder, if present (no error if not)."""
+    if is_s3(uri):
+        from classeg.archive import delete_objects
+
+        delete_objects(_as_s3(uri), s3_cfg=s3_cfg)
+        return
+    path = local_path(uri)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def join(uri: str, name: str) -> str:

@@ -1,7 +1,7 @@
 """Ingest: dataset files -> scan rows -> patient-level split -> Parquet scan table.
 
-Extract: a local dataset is listed on the driver (``list_local``); any other filesystem (s3://, hdfs://) by
-Spark's ``binaryFile`` file index, recursively. Transform: each file is classified from its path
+Extract: a local or S3 dataset is listed on the driver (``list_local``, ``list_s3`` with boto3); any other
+filesystem (hdfs://) by Spark's ``binaryFile`` file index, recursively. Transform: each file is classified from its path
 (``parse_listing``), duplicate copies are dropped before any decoding, the remaining files are decoded in
 executors (``decode_frame``: decode, resize to the canonical size, PNG-encode; the tasks read local and S3
 files themselves, binaryFile's ``content`` feeds them for other filesystems), images are paired with their
@@ -29,7 +29,7 @@ import pyarrow as pa
 from classeg import __version__, artifact, scanwrite, split as splitting
 from classeg.config import Config
 from classeg.datasets import figshare, folders, lgg
-from classeg.archive import FetchError, fetch, parse_uri, s3_client
+from classeg.archive import FetchError, fetch, list_archive, parse_uri, s3_client
 from classeg.datasets.common import is_hidden
 from classeg.imaging import DecodeError
 
@@ -332,6 +332,20 @@ def list_local(input_uri: str) -> tuple[str, list[str]] | None:
     return root, sorted(paths)
 
 
+def list_s3(input_uri: str, *, s3_cfg=None) -> tuple[str, list[str]] | None:
+    """Driver-side listing of an S3 dataset with boto3 (classeg.archive.list_archive: paginated, each page
+    retried): (root, ``s3://bucket/key`` paths), or None for any other scheme. Needs no Hadoop S3 filesystem,
+    so local Spark can ingest from S3 too. Like Spark's file index, it does not list names starting with
+    ``.``; names starting with ``_`` are listed. A prefix without objects raises ArchiveError naming it."""
+    scheme = path_scheme(input_uri)
+    if scheme not in ("s3", "s3a", "s3n"):
+        return None
+    objects = list(list_archive("s3" + input_uri[len(scheme):], s3_cfg=s3_cfg))
+    first = objects[0]  # list_archive raises for a prefix with nothing under it
+    root = first.uri[:len(first.uri) - len(first.key) - 1]
+    return root, sorted(info.uri for info in objects)
+
+
 def read_mode(paths, requested: str = "auto") -> str:
     """'tasks' (decode tasks read their files) or 'binaryfile' (Spark's binaryFile source reads them)."""
     other = sorted({path_scheme(p) for p in paths} - set(DIRECT_SCHEMES))
@@ -444,8 +458,12 @@ def _hadoop_fs(spark, uri: str):
     return path, path.getFileSystem(spark._jsc.hadoopConfiguration())
 
 
-def write_text(spark, uri: str, text: str) -> None:
-    """Write a small text file through Spark's filesystem layer (local, HDFS, s3://)."""
+def write_text(spark, uri: str, text: str, *, s3_cfg=None) -> None:
+    """Write a small text file: S3 through boto3 (as the tasks write the table there), any other filesystem
+    (local, HDFS) through Spark's filesystem layer."""
+    if artifact.is_s3(uri):
+        artifact.write_bytes(uri, text.encode("utf-8"), s3_cfg=s3_cfg)
+        return
     path, fs = _hadoop_fs(spark, uri)
     stream = fs.create(path, True)
     try:
@@ -454,8 +472,11 @@ def write_text(spark, uri: str, text: str) -> None:
         stream.close()
 
 
-def delete_path(spark, uri: str) -> None:
-    """Delete a file or folder (recursively) if it exists."""
+def delete_path(spark, uri: str, *, s3_cfg=None) -> None:
+    """Delete a file or folder (recursively) if it exists: S3 through boto3, others through Spark's layer."""
+    if artifact.is_s3(uri):
+        artifact.delete_tree(uri, s3_cfg=s3_cfg)
+        return
     path, fs = _hadoop_fs(spark, uri)
     if fs.exists(path):
         fs.delete(path, True)
@@ -484,7 +505,7 @@ def write_issues(spark, issues: pd.DataFrame, *, output: str, folder: str, base:
         (spark.createDataFrame(plain, schema=_ddl([(name, "string") for name in ERROR_COLUMNS]))
          .coalesce(1).write.mode("overwrite").parquet(f"{output}/{folder}"))
         return
-    delete_path(spark, f"{output}/{folder}")
+    delete_path(spark, f"{output}/{folder}", s3_cfg=s3_cfg)
     table = pa.Table.from_pandas(plain, schema=ERRORS_SCHEMA, preserve_index=False)
     scanwrite.write_parquet(table, artifact.join(base, f"{folder}/{scanwrite.part_name(0)}"), s3_cfg=s3_cfg)
 
@@ -531,9 +552,9 @@ def run_ingest(spark, cfg: Config) -> dict:
     lap = _stopwatch(phases)
     run_id = uuid.uuid4().hex[:12]
     output = job.output.rstrip("/")
-    local = list_local(job.input) if job.read != "binaryfile" else None
-    if local is not None:
-        (root, paths), raw = local, None
+    listed = (list_local(job.input) or list_s3(job.input, s3_cfg=cfg)) if job.read != "binaryfile" else None
+    if listed is not None:
+        (root, paths), raw = listed, None
     else:
         root, raw = list_files(spark, job.input)
         paths = sorted({spark_path(uri) for uri in raw.inputFiles()})
@@ -565,14 +586,14 @@ def run_ingest(spark, cfg: Config) -> dict:
             summary.update(status="failed", failure=failure)
             write_issues(spark, issues, output=output, folder=f"{FAILURE_DIR}/{ERRORS_DIR}", base=base,
                          s3_cfg=cfg)
-            write_text(spark, f"{output}/{FAILURE_DIR}/{SUMMARY_NAME}", json.dumps(summary, indent=2))
+            write_text(spark, f"{output}/{FAILURE_DIR}/{SUMMARY_NAME}", json.dumps(summary, indent=2), s3_cfg=cfg)
             raise JobFailed(f"{failure}; the scan table was not written (errors and summary in "
                             f"{output}/{FAILURE_DIR}/)")
         log.info("ingest %s: writing %d scans to %s", job.dataset, summary["scans"], output)
         lap("resolve")
-        delete_path(spark, f"{output}/{SUMMARY_NAME}")  # from here until the new summary, the table is incomplete
+        delete_path(spark, f"{output}/{SUMMARY_NAME}", s3_cfg=cfg)  # from here until the new summary: incomplete
         if staging:
-            delete_path(spark, f"{output}/{SCANS_DIR}")
+            delete_path(spark, f"{output}/{SCANS_DIR}", s3_cfg=cfg)
             written = finalize_scans(spark, units, meta, parts=parts, staging=staging,
                                      scans=artifact.join(base, SCANS_DIR), dataset=job.dataset, s3_cfg=cfg)
             if written != len(units):  # every resolved scan must be in exactly one staging file
@@ -582,19 +603,19 @@ def run_ingest(spark, cfg: Config) -> dict:
              .options(**PARQUET_OPTIONS).parquet(f"{output}/{SCANS_DIR}"))
         lap("write_scans")
         write_issues(spark, issues, output=output, folder=ERRORS_DIR, base=base, s3_cfg=cfg)
-        delete_path(spark, f"{output}/{FAILURE_DIR}")
+        delete_path(spark, f"{output}/{FAILURE_DIR}", s3_cfg=cfg)
         lap("write_errors")
         summary["status"] = "complete"
         summary["seconds"] = round(time.time() - started, 2)
         summary["phase_seconds"] = phases
-        write_text(spark, f"{output}/{SUMMARY_NAME}", json.dumps(summary, indent=2))  # last: marks completion
+        write_text(spark, f"{output}/{SUMMARY_NAME}", json.dumps(summary, indent=2), s3_cfg=cfg)  # last: complete
         log.info("ingest %s: %d scans %s, %d errors, %d skipped, %.1fs", job.dataset, summary["scans"],
                  summary["per_split"], summary["files"]["errors"], summary["files"]["skipped"], summary["seconds"])
         return summary
     finally:
         if staging:
             try:
-                delete_path(spark, staging)
+                delete_path(spark, staging, s3_cfg=cfg)
             except Exception as err:  # noqa: BLE001 (cleanup must not hide the job's own outcome)
                 log.warning("ingest: could not delete the staging folder %s: %s", staging, err)
         else:

@@ -91,7 +91,7 @@ def parquet_options(column_names) -> dict:
 def write_parquet(table: pa.Table, uri: str, *, s3_cfg: Any = None) -> None:
     """Write ``table`` as one Parquet file with :func:`parquet_options`, whole: a local file goes to a temp
     name and is renamed, an S3 object is one PUT, so readers never see half a file."""
-    if uri.startswith(("s3://", "s3a://")):
+    if artifact.is_s3(uri):
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, **parquet_options(table.column_names))
         artifact.write_bytes(uri, sink.getvalue().to_pybytes(), s3_cfg=s3_cfg)
@@ -122,7 +122,7 @@ class StagingWriter:
     def __init__(self, staging: str, partition: int, *, s3_cfg: Any = None):
         self.uri = artifact.join(staging, staged_name(partition))
         self._s3_cfg = s3_cfg
-        if self.uri.startswith(("s3://", "s3a://")):
+        if artifact.is_s3(self.uri):
             self._tmp, self._sink = None, pa.BufferOutputStream()
         else:
             self._tmp = _local_tmp(artifact.local_path(self.uri))
@@ -176,7 +176,7 @@ def write_staged(decoded: pd.DataFrame, *, staging: str, partition: int, s3_cfg:
 def read_staged(staging: str, partition: int, *, s3_cfg: Any = None) -> pa.Table:
     """A staging file as an Arrow table: memory-mapped when local (no copy), read whole from S3."""
     uri = artifact.join(staging, staged_name(partition))
-    if uri.startswith(("s3://", "s3a://")):
+    if artifact.is_s3(uri):
         source = pa.py_buffer(artifact.read_bytes(uri, s3_cfg=s3_cfg))
     else:
         path = artifact.local_path(uri)
