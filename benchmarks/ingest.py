@@ -134,8 +134,9 @@ def main() -> None:
         "runs": {str(k): {"loop_seconds": round(v[0], 2), "job_seconds": round(v[1], 2), "job_phase_seconds": v[2],
                           "loop_cpu_seconds": v[3], "job_cpu_seconds": v[4]}
                  for k, v in results.items()},
-        "method": f"best of {args.attempts} alternating runs each; job timed from a started local[2] session after a warm-up "
-                  "job; loop = one Python process doing the same decode/resize/PNG/Parquet work",
+        "method": f"best of {args.attempts} alternating runs each; job timed from a started local[2] session after a "
+                  "warm-up job; loop = one Python process doing the same decode/resize/PNG work and the same Parquet "
+                  "write (the job's writer)",
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

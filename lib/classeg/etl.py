@@ -1,8 +1,8 @@
 """Ingest: dataset files -> scan rows -> patient-level split -> Parquet scan table.
 
 Extract: a local or S3 dataset is listed on the driver (``list_local``, ``list_s3`` with boto3); any other
-filesystem (hdfs://) by Spark's ``binaryFile`` file index, recursively. Transform: each file is classified from its path
-(``parse_listing``), duplicate copies are dropped before any decoding, the remaining files are decoded in
+filesystem (hdfs://) by Spark's ``binaryFile`` file index, recursively. Transform: each file is classified from
+its path (``parse_listing``), duplicate copies are dropped before any decoding, the remaining files are decoded in
 executors (``decode_frame``: decode, resize to the canonical size, PNG-encode; the tasks read local and S3
 files themselves, binaryFile's ``content`` feeds them for other filesystems), images are paired with their
 masks and labelled (``resolve``), and groups are dealt into splits (``split.assign_splits``). Load: the scan
