@@ -64,3 +64,15 @@ def s3(moto_endpoint):
 def s3_cfg(moto_endpoint):
     """An `s3` config section pointing at the moto server (6 attempts, 10 ms backoff, short timeouts)."""
     return test_s3_cfg(moto_endpoint)
+
+
+@pytest.fixture(scope="module")
+def worker_env(spark, moto_endpoint):
+    """Dummy AWS credentials for the Python workers too: Spark passes SparkContext.environment to the workers
+    it starts (as spark.executorEnv.* does on a cluster), whatever the environment was when the JVM started."""
+    environment = spark.sparkContext.environment
+    saved = dict(environment)
+    environment.update(aws_test_env())
+    yield
+    environment.clear()
+    environment.update(saved)

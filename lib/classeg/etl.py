@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from types import ModuleType
 
@@ -372,15 +373,15 @@ FILES_PER_TASK = 1000
 
 
 def decode_files(spark, raw, to_decode: pd.DataFrame, *, dataset: str, image_size: int, mode: str = "tasks",
-                 partitions: int = 0, s3_cfg=None, staging: str | None = None):
+                 partitions: int = 0, s3_cfg=None, staging: str | None = None, fetch_threads: int = 1):
     """Transform: decode the planned files in executors.
 
     mode 'tasks': the plan (paths only) is cut into ``decode_partitions`` slices and each task reads its own
-    files (local reads, or S3 GETs with retries). The bytes never pass through the JVM, which on a 2-core
-    machine took longer than decoding them. mode 'binaryfile': binaryFile's ``content`` column, joined with the
-    plan, feeds the decoder (any Hadoop filesystem).
+    files (local reads, or S3 GETs with retries, ``fetch_threads`` at a time one batch ahead of the decoder).
+    The bytes never pass through the JVM, which on a 2-core machine took longer than decoding them. mode
+    'binaryfile': binaryFile's ``content`` column, joined with the plan, feeds the decoder (any Hadoop filesystem).
 
-    ``staging`` (mode 'tasks' only): each task also writes its pixels to ``<staging>/part-<partition>.parquet``
+    ``staging`` (mode 'tasks' only): each task also writes its pixels to ``<staging>/part-<partition>.arrow``
     (see classeg.scanwrite) and returns META_FIELDS rows only. The plan is cut between keys, so an LGG slice and
     its mask are decoded by the same task. Returns (DataFrame, number of tasks, the plan's broadcast to
     destroy once the DataFrame is no longer needed; None for binaryfile)."""
@@ -402,31 +403,81 @@ def decode_files(spark, raw, to_decode: pd.DataFrame, *, dataset: str, image_siz
     shared = spark.sparkContext.broadcast([to_decode.iloc[chunk].reset_index(drop=True) for chunk in chunks])
     fields = DECODED_FIELDS if staging is None else META_FIELDS
 
+    # S3 GETs wait on the network, not the CPU: a task reads them a batch ahead, in threads. Local reads do not.
+    threads = fetch_threads if any(path_scheme(path) != "file" for path in to_decode["path"]) else 1
+
     def run(batches):
-        read = source_reader(s3_cfg)
-        for batch in batches:
-            for chunk in batch["id"]:
-                plan = shared.value[chunk]
-                stage = scanwrite.StagingWriter(staging, int(chunk), s3_cfg=s3_cfg) if staging else None
-                try:
-                    for start in range(0, len(plan), DECODE_BATCH):
-                        frame = decode_frame(plan.iloc[start:start + DECODE_BATCH], dataset=dataset,
-                                             image_size=image_size, read=read)
-                        if stage is not None:
-                            stage.write(frame)  # pixels go to the staging file, metadata to the driver
-                            frame = frame.drop(columns=["image", "mask"])
-                        yield frame
-                    if stage is not None:
-                        stage.close()
-                finally:
-                    if stage is not None:
-                        stage.abort()  # a no-op once closed; a failed attempt leaves no temp file
+        with ReadAhead(source_reader(s3_cfg), threads=threads) as reader:
+            for batch in batches:
+                for chunk in batch["id"]:
+                    yield from _decode_chunk(shared.value[chunk], int(chunk), reader, dataset=dataset,
+                                             image_size=image_size, staging=staging, s3_cfg=s3_cfg)
 
     ids = spark.range(len(chunks), numPartitions=max(1, len(chunks)))
     return ids.mapInPandas(run, schema=_ddl(fields)), len(chunks), shared
 
 
 DECODE_BATCH = 64  # files per output batch of a decode task
+
+
+def _decode_chunk(plan: pd.DataFrame, chunk: int, reader: "ReadAhead", *, dataset: str, image_size: int,
+                  staging: str | None, s3_cfg=None):
+    """One chunk of a decode task: DECODE_BATCH files at a time, the next batch's reads submitted before this
+    batch decodes. With ``staging``, pixels go to the chunk's staging file and only metadata is yielded."""
+    stage = scanwrite.StagingWriter(staging, chunk, s3_cfg=s3_cfg) if staging else None
+    try:
+        reader.submit(plan["path"].iloc[:DECODE_BATCH])
+        for start in range(0, len(plan), DECODE_BATCH):
+            reader.submit(plan["path"].iloc[start + DECODE_BATCH:start + 2 * DECODE_BATCH])
+            frame = decode_frame(plan.iloc[start:start + DECODE_BATCH], dataset=dataset, image_size=image_size,
+                                 read=reader.read)
+            if stage is not None:
+                stage.write(frame)  # pixels go to the staging file, metadata to the driver
+                frame = frame.drop(columns=["image", "mask"])
+            yield frame
+        if stage is not None:
+            stage.close()
+    finally:
+        if stage is not None:
+            stage.abort()  # a no-op once closed; a failed attempt leaves no temp file
+
+
+class ReadAhead:
+    """``read(path)`` with reads submitted ahead of time to ``threads`` threads (1: no threads, every read
+    happens when asked). A submitted read's failure is raised by :meth:`read`, as the plain read would raise it.
+    Closing it (leaving the ``with`` block) waits for reads in flight and drops their results."""
+
+    def __init__(self, read, *, threads: int = 1):
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads!r}")
+        self._read = read
+        self._pool = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix="classeg-read")
+                      if threads > 1 else None)
+        self._pending: dict[str, Future] = {}
+
+    def submit(self, paths) -> None:
+        if self._pool is None:
+            return
+        for path in paths:
+            if path not in self._pending:
+                self._pending[path] = self._pool.submit(self._read, path)
+
+    def read(self, path: str) -> bytes:
+        future = self._pending.pop(path, None)
+        return future.result() if future is not None else self._read(path)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "ReadAhead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def build_scans(spark, decoded, units: pd.DataFrame, *, dataset: str):
@@ -566,8 +617,9 @@ def run_ingest(spark, cfg: Config) -> dict:
     mode = read_mode(to_decode["path"], job.read)
     base = scanwrite.writable_base(output) if mode == "tasks" else None
     staging = artifact.join(base, f"{scanwrite.STAGING_PREFIX}{run_id}") if base else None
-    decoded, parts, plan_broadcast = decode_files(spark, raw, to_decode, dataset=job.dataset, image_size=job.image_size,
-                                  mode=mode, partitions=job.partitions, s3_cfg=cfg, staging=staging)
+    decoded, parts, plan_broadcast = decode_files(spark, raw, to_decode, dataset=job.dataset,
+                                                  image_size=job.image_size, mode=mode, partitions=job.partitions,
+                                                  s3_cfg=cfg, staging=staging, fetch_threads=job.fetch_threads)
     if staging is None:
         decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
     try:

@@ -312,7 +312,7 @@ def _s3_parquet(s3, bucket, keys):
     return pa.concat_tables(tables).to_pandas() if tables else None
 
 
-def test_ingest_end_to_end_from_and_to_s3(spark, s3, s3_cfg, tmp_path):
+def test_ingest_end_to_end_from_and_to_s3(spark, worker_env, s3, s3_cfg, tmp_path):
     """The whole job on local Spark with no Hadoop S3 filesystem on the classpath: an LGG dataset in a bucket
     (a prefix with a space, the nested duplicate copy) is listed with boto3, read by the tasks and written to
     s3:// (scans, errors, summary last, no staging left), giving the same table as the same files ingested from
@@ -361,7 +361,7 @@ def test_ingest_end_to_end_from_and_to_s3(spark, s3, s3_cfg, tmp_path):
         again["run_id"]
 
 
-def test_ingest_from_a_missing_s3_prefix_fails_clearly(spark, s3, s3_cfg, tmp_path):
+def test_ingest_from_a_missing_s3_prefix_fails_clearly(spark, worker_env, s3, s3_cfg, tmp_path):
     s3.create_bucket(Bucket="ingest-empty")
     s3_set = [f"s3.{key}={value}" for key, value in s3_cfg.items()]
     with pytest.raises(ValueError, match=r"s3://ingest-empty/nothing here.*no objects"):

@@ -18,7 +18,7 @@ from classeg.config import load_config
 from classeg.datasets import synthetic
 from classeg.inference import TumorClassError
 from classeg.scoring import read_scores, run_score
-from s3util import FaultProxy, aws_test_env, put_objects
+from s3util import FaultProxy, put_objects
 from scoring_models import save_classifier, trained_models
 
 BROKEN_REASONS = {"corrupt.tif": "undecodable", "empty.png": "empty", "notes.txt": "unsupported",
@@ -28,18 +28,6 @@ BROKEN_REASONS = {"corrupt.tif": "undecodable", "empty.png": "empty", "notes.txt
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return trained_models(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def worker_env(spark, moto_endpoint):
-    """Dummy AWS credentials for the Python workers too: Spark passes SparkContext.environment to the workers
-    it starts (as spark.executorEnv.* does on a cluster), whatever the environment was when the JVM started."""
-    environment = spark.sparkContext.environment
-    saved = dict(environment)
-    environment.update(aws_test_env())
-    yield
-    environment.clear()
-    environment.update(saved)
 
 
 def score_config(*, archive, output, models, endpoint=None, overrides=(), **values):

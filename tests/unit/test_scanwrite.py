@@ -161,3 +161,53 @@ def test_scan_files_store_pixels_plain_and_the_rest_snappy(tmp_path):
     ([5, 6, 8, 9, 11], [(5, 2), (8, 2), (11, 1)])])
 def test_runs_of_consecutive_rows(positions, runs):
     assert scanwrite._runs(np.array(positions, dtype="int64")) == runs
+
+
+def test_read_ahead_reads_submitted_paths_concurrently_and_raises_their_errors():
+    import threading
+    import time
+
+    lock, state = threading.Lock(), {"now": 0, "peak": 0, "calls": []}
+
+    def read(path):
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+            state["calls"].append(path)
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        if path == "gone":
+            raise FileNotFoundError(path)
+        return path.encode()
+
+    with etl.ReadAhead(read, threads=4) as reader:
+        reader.submit(["a", "b", "c", "d", "gone"])
+        reader.submit(["a"])  # already in flight: not read twice
+        assert [reader.read(p) for p in "abcd"] == [b"a", b"b", b"c", b"d"]
+        with pytest.raises(FileNotFoundError, match="gone"):
+            reader.read("gone")
+        assert reader.read("e") == b"e"  # never submitted: read when asked
+    assert sorted(state["calls"]) == ["a", "b", "c", "d", "e", "gone"] and state["peak"] >= 3
+
+    state["calls"].clear()
+    with etl.ReadAhead(read, threads=1) as reader:  # no threads: submit is a no-op
+        reader.submit(["x"])
+        assert state["calls"] == [] and reader.read("x") == b"x"
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        etl.ReadAhead(read, threads=0)
+
+
+def test_decode_frame_through_read_ahead_turns_a_failed_read_into_an_unreadable_row(tmp_path):
+    data = tmp_path / "lgg"
+    synthetic.write_lgg(data, patients=1, seed=4, image_size=24, slices_per_patient=(2, 2), duplicate_copy=False)
+    root, paths = etl.list_local(str(data))
+    parsed = etl.parse_listing(pd.DataFrame({"path": paths}), dataset="lgg", root=root)
+    to_decode, _ = etl.plan_files(parsed)
+    gone = to_decode["path"].iloc[0]
+    (data / etl.relative_path(gone, root)).unlink()
+    with etl.ReadAhead(etl.source_reader(), threads=3) as reader:
+        reader.submit(to_decode["path"])
+        decoded = etl.decode_frame(to_decode, dataset="lgg", image_size=16, read=reader.read)
+    assert decoded.loc[decoded["path"] == gone, "reason"].tolist() == ["unreadable"]
+    assert decoded.loc[decoded["path"] != gone, "reason"].isna().all()
