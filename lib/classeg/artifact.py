@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -56,7 +55,7 @@ def write_bytes(uri: str, data: bytes, *, s3_cfg: Any = None) -> None:
     if is_s3(uri):
         from classeg.archive import put_object
 
-        put_object(_as_s3(uri), data, s3_cfg=s3_cfg)
+        put_object(as_s3(uri), data, s3_cfg=s3_cfg)
         return
     path = local_path(uri)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -73,7 +72,7 @@ def read_bytes(uri: str, *, s3_cfg: Any = None) -> bytes:
         from classeg.archive import FetchError, fetch
 
         try:
-            return fetch(_as_s3(uri), s3_cfg=s3_cfg)
+            return fetch(as_s3(uri), s3_cfg=s3_cfg)
         except FetchError as err:
             if err.kind == "not_found":
                 raise FileNotFoundError(f"{uri} does not exist ({err})") from err
@@ -85,22 +84,9 @@ def read_bytes(uri: str, *, s3_cfg: Any = None) -> bytes:
         return handle.read()
 
 
-def _as_s3(uri: str) -> str:
+def as_s3(uri: str) -> str:
+    """An ``s3a://`` or ``s3n://`` URI (Hadoop's spellings) as the ``s3://`` URI boto3 code takes."""
     return "s3://" + uri.split("://", 1)[1]
-
-
-def delete_tree(uri: str, *, s3_cfg: Any = None) -> None:
-    """Delete the file or object ``uri`` and everything below it as a folder, if present (no error if not)."""
-    if is_s3(uri):
-        from classeg.archive import delete_objects
-
-        delete_objects(_as_s3(uri), s3_cfg=s3_cfg)
-        return
-    path = local_path(uri)
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
 
 
 def join(uri: str, name: str) -> str:

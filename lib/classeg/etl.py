@@ -30,7 +30,7 @@ import pyarrow as pa
 from classeg import __version__, artifact, scanwrite, split as splitting
 from classeg.config import Config
 from classeg.datasets import figshare, folders, lgg
-from classeg.archive import FetchError, fetch, list_archive, parse_uri, s3_client
+from classeg.archive import FetchError, delete_objects, fetch, list_archive, parse_uri, s3_client
 from classeg.datasets.common import is_hidden
 from classeg.imaging import DecodeError
 
@@ -338,10 +338,9 @@ def list_s3(input_uri: str, *, s3_cfg=None) -> tuple[str, list[str]] | None:
     retried): (root, ``s3://bucket/key`` paths), or None for any other scheme. Needs no Hadoop S3 filesystem,
     so local Spark can ingest from S3 too. Like Spark's file index, it does not list names starting with
     ``.``; names starting with ``_`` are listed. A prefix without objects raises ArchiveError naming it."""
-    scheme = path_scheme(input_uri)
-    if scheme not in ("s3", "s3a", "s3n"):
+    if not artifact.is_s3(input_uri):
         return None
-    objects = list(list_archive("s3" + input_uri[len(scheme):], s3_cfg=s3_cfg))
+    objects = list(list_archive(artifact.as_s3(input_uri), s3_cfg=s3_cfg))
     first = objects[0]  # list_archive raises for a prefix with nothing under it
     root = first.uri[:len(first.uri) - len(first.key) - 1]
     return root, sorted(info.uri for info in objects)
@@ -526,7 +525,7 @@ def write_text(spark, uri: str, text: str, *, s3_cfg=None) -> None:
 def delete_path(spark, uri: str, *, s3_cfg=None) -> None:
     """Delete a file or folder (recursively) if it exists: S3 through boto3, others through Spark's layer."""
     if artifact.is_s3(uri):
-        artifact.delete_tree(uri, s3_cfg=s3_cfg)
+        delete_objects(artifact.as_s3(uri), s3_cfg=s3_cfg)
         return
     path, fs = _hadoop_fs(spark, uri)
     if fs.exists(path):
@@ -551,7 +550,8 @@ def write_issues(spark, issues: pd.DataFrame, *, output: str, folder: str, base:
     """Load: the errors table (ERROR_COLUMNS) as ``<output>/<folder>``, replacing it. Where the tasks write
     the scan table (``base``: the output as scanwrite.writable_base gives it) the driver writes one Parquet file
     with pyarrow, with no Spark job for a few hundred rows; elsewhere Spark writes it."""
-    plain = issues[ERROR_COLUMNS].astype(object).where(issues[ERROR_COLUMNS].notna(), None)
+    frame = issues[ERROR_COLUMNS]
+    plain = frame.astype(object).where(frame.notna(), None)
     if base is None:
         (spark.createDataFrame(plain, schema=_ddl([(name, "string") for name in ERROR_COLUMNS]))
          .coalesce(1).write.mode("overwrite").parquet(f"{output}/{folder}"))
