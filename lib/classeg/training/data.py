@@ -9,12 +9,14 @@ shard's size and the number of steps that lets every rank run the SAME number of
 DDP hang when one rank stops early). ``row_groups`` is a multiple of the number of processes, so shards differ
 by at most ``row_groups / processes`` rows.
 
-Rank side (``open_loader``, ``epoch_batches``): ``converter.make_torch_dataloader(cur_shard=rank, shard_count=size, ...)`` with a
+Rank side (``open_loader``, ``epoch_batches``): one pass of Petastorm's batch reader over shard ``rank`` of
+``size`` of the converter's files (`classeg.training.shards`: a reader thread pool without petastorm's
+end-of-data race, and a check that each pass delivers the shard's exact row count), with a
 `TransformSpec` that decodes the PNG bytes, augments (train split only) and preprocesses exactly as scoring
 does (`classeg.transforms.preprocess_for_model`). Data order is a function of (seed, epoch) only: one reader
-thread, row-group order shuffled with a per-epoch seed, a row shuffling buffer driven by numpy's global
-generator which the loop seeds per (seed, epoch, rank), and augmentation drawn from a generator seeded by
-(seed, epoch, scan_id). Scan ids travel as signed 64-bit integers (``scan_key``): PyTorch tensors hold no
+thread, row-group order shuffled with a per-pass seed (`reader_seed`, never 0), a row shuffling buffer driven
+by numpy's global generator which the loop seeds per (seed, epoch, rank), and augmentation drawn from a
+generator seeded by (seed, epoch, scan_id). Scan ids travel as signed 64-bit integers (``scan_key``): PyTorch tensors hold no
 strings.
 """
 from __future__ import annotations
@@ -220,20 +222,29 @@ def make_transform_spec(*, task: str, input_spec: dict, augment: bool, seed: int
     return TransformSpec(transform, edit_fields=fields, selected_fields=[name for name, *_ in fields])
 
 
+def reader_seed(seed: int, epoch: int, pass_index: int) -> int:
+    """The Petastorm reader seed of one pass: a 32-bit value derived from (seed, epoch, pass), never 0
+    (petastorm takes 0 as "unseeded" and then shuffles from numpy's global generator in another thread)."""
+    return int(np.random.SeedSequence([seed, epoch, pass_index]).generate_state(1)[0]) or 1
+
+
 def open_loader(data: SplitData, *, task: str, input_spec: dict, batch_size: int, rank: int, size: int,
                 seed: int, epoch: int, train: bool, augment: bool, pass_index: int = 0):
-    """Context manager yielding this rank's Petastorm torch DataLoader: one pass over the shard.
+    """Context manager yielding one pass over this rank's shard (`classeg.training.shards.ShardPass`: an
+    iterable of batches that raises if the pass ends short of the shard's rows).
 
     ``train=True``: row groups shuffled and a row shuffling buffer, both seeded by (seed, epoch, pass_index),
-    augmentation if ``augment``. ``train=False``: the shard in order. The last batch may be short."""
+    augmentation if ``augment``. ``train=False``: the shard in a fixed order. The last batch may be short."""
+    from classeg.training.shards import open_shard_pass
+
     spec = make_transform_spec(task=task, input_spec=input_spec, augment=augment and train, seed=seed,
                                epoch=epoch)
-    capacity = min(SHUFFLE_BATCHES * batch_size, max(data.shard_rows)) if train else 0
-    reader_seed = (seed * 1_000_003 + epoch * 1009 + pass_index) % (1 << 32) if train else seed % (1 << 32)
-    return data.converter.make_torch_dataloader(
-        batch_size=batch_size, num_epochs=1, workers_count=1, shuffling_queue_capacity=capacity,
-        cur_shard=rank, shard_count=size, transform_spec=spec, reader_pool_type="thread",
-        shuffle_row_groups=train, seed=reader_seed)
+    return open_shard_pass(
+        data.converter.file_urls, rank=rank, size=size, expected_rows=data.shard_rows[rank],
+        what=f"rank {rank}'s shard of the {data.split} split", batch_size=batch_size,
+        shuffling_queue_capacity=min(SHUFFLE_BATCHES * batch_size, max(data.shard_rows)) if train else 0,
+        shuffle_row_groups=train, seed=reader_seed(seed, epoch if train else 0, pass_index if train else 0),
+        transform_spec=spec)
 
 
 def epoch_batches(data: SplitData, *, steps: int, **loader_options):
