@@ -326,7 +326,7 @@ def _totals(done: pd.DataFrame) -> dict:
     kind = done["error"].fillna("").str.split(":", n=1).str[0]
     error = done["status"] == "error"
     totals = {"rows": len(done), "distinct": len(done.drop_duplicates(["uri", "version"])), "ok": int(ok.sum()),
-              "tumor": int((ok & done["tumor"].fillna(False).astype(bool)).sum())}
+              "tumor": int((ok & done["tumor"].astype("boolean").fillna(False).astype(bool)).sum())}
     totals.update({f"kind_{name}": int((error & (kind == name)).sum()) for name in ERROR_KINDS})
     totals["kind_other"] = int((error & ~kind.isin(ERROR_KINDS)).sum())
     return totals
