@@ -222,7 +222,12 @@ BENCHMARKS = [
             "Training images/s of the classifier (and segmenter) with `engine: horovod` on `local[2]` (2 processes, "
             "1 thread each, Petastorm readers sharded by rank) against one process running the same loop with the "
             "same per-process batch. Epoch time excludes session and Horovod start-up, which are reported "
-            "separately. Ratio = distributed images/s / single-process images/s; 2 is the ideal on 2 cores.")),
+            "separately. Ratio = distributed images/s / single-process images/s; 2 is the ideal on 2 cores. Rerun "
+            "2026-12-01 (after the rank reader moved to `classeg.training.shards`): 0.40x. In that run the "
+            "single-process loop ran at 73 images/s; the first recording (2.05x) had it at 17 images/s. The "
+            "distributed rates moved much less (Horovod 34.9 -> 29.6, torch 46.5 -> 46.8 images/s). Why the "
+            "baseline ran 4x faster was not investigated. At 64 px and 16 images per step, two 1-thread ranks "
+            "do not beat one 2-thread process on this machine.")),
     Benchmark(
         name="train_quality", script="train_quality.py", title="Training quality (synthetic data)",
         baseline="the published Class-Seg numbers on the real datasets, or a majority-class / empty-mask predictor",
