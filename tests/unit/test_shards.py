@@ -17,7 +17,7 @@ from petastorm.workers_pool.ventilator import ConcurrentVentilator
 from classeg.training.data import reader_seed
 from classeg.training.shards import open_shard_pass
 
-# petastorm 0.13 on pyarrow 14 warns about its legacy-dataset calls on every reader (the training loop mutes them too)
+# petastorm 0.13 on pyarrow 14 warns about its legacy-dataset calls on every reader (the loop mutes them too)
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 SIZES = [3, 2, 3, 2, 3, 1]  # rows per file (one row group each); shard r holds files r, r + 2, r + 4

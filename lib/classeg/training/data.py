@@ -16,8 +16,8 @@ end-of-data race, and a check that each pass delivers the shard's exact row coun
 does (`classeg.transforms.preprocess_for_model`). Data order is a function of (seed, epoch) only: one reader
 thread, row-group order shuffled with a per-pass seed (`reader_seed`, never 0), a row shuffling buffer driven
 by numpy's global generator which the loop seeds per (seed, epoch, rank), and augmentation drawn from a
-generator seeded by (seed, epoch, scan_id). Scan ids travel as signed 64-bit integers (``scan_key``): PyTorch tensors hold no
-strings.
+generator seeded by (seed, epoch, scan_id). Scan ids travel as signed 64-bit integers (``scan_key``):
+PyTorch tensors hold no strings.
 """
 from __future__ import annotations
 
