@@ -92,16 +92,26 @@ def _confusion_sums(probabilities: torch.Tensor, target: torch.Tensor, mode: str
     return tp, fn, fp
 
 
-def tversky_index(
-    prediction: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    fn_weight: float = 0.7,
-    fp_weight: float = 0.3,
-    smooth: float = 1.0,
-    mode: str = "batch",
-    from_logits: bool = False,
-) -> torch.Tensor:
+def _soft_overlap(prediction: torch.Tensor, target: torch.Tensor, *, tp_weight: float, fn_weight: float,
+                  fp_weight: float, smooth: float, mode: str, from_logits: bool, what: str) -> torch.Tensor:
+    """``(tp_weight*TP + smooth) / (tp_weight*TP + fn_weight*FN + fp_weight*FP + smooth)`` of soft counts.
+
+    Tversky is ``tp_weight=1``; Dice is ``tp_weight=2, fn_weight=fp_weight=1``, which keeps the published
+    Dice smoothing (``smooth`` added once to ``2TP``, not to ``TP``). ``what`` names the score in errors.
+    """
+    smooth = _check_number("smooth", smooth)
+    _check_mode(mode)
+    probabilities, target = _prepare(prediction, target, from_logits=from_logits)
+    tp, fn, fp = _confusion_sums(probabilities, target, mode)
+    weighted_tp = tp_weight * tp
+    denominator = weighted_tp + fn_weight * fn + fp_weight * fp + smooth
+    if smooth == 0 and bool((denominator == 0).any()):
+        raise ValueError(f"{what} undefined (0/0) for an empty target and prediction with smooth=0")
+    return (weighted_tp + smooth) / denominator
+
+
+def tversky_index(prediction: torch.Tensor, target: torch.Tensor, *, fn_weight: float = 0.7, fp_weight: float = 0.3,
+                  smooth: float = 1.0, mode: str = "batch", from_logits: bool = False) -> torch.Tensor:
     """Soft Tversky index ``(TP + smooth) / (TP + fn_weight*FN + fp_weight*FP + smooth)``.
 
     Args:
@@ -118,27 +128,13 @@ def tversky_index(
     """
     fn_weight = _check_number("fn_weight", fn_weight)
     fp_weight = _check_number("fp_weight", fp_weight)
-    smooth = _check_number("smooth", smooth)
-    _check_mode(mode)
-    probabilities, target = _prepare(prediction, target, from_logits=from_logits)
-    tp, fn, fp = _confusion_sums(probabilities, target, mode)
-    denominator = tp + fn_weight * fn + fp_weight * fp + smooth
-    if smooth == 0 and bool((denominator == 0).any()):
-        raise ValueError("Tversky index undefined (0/0) for an empty target and prediction with smooth=0")
-    return (tp + smooth) / denominator
+    return _soft_overlap(prediction, target, tp_weight=1.0, fn_weight=fn_weight, fp_weight=fp_weight,
+                         smooth=smooth, mode=mode, from_logits=from_logits, what="Tversky index")
 
 
-def focal_tversky_loss(
-    prediction: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    fn_weight: float = 0.7,
-    fp_weight: float = 0.3,
-    exponent: float = 0.75,
-    smooth: float = 1.0,
-    mode: str = "batch",
-    from_logits: bool = False,
-) -> torch.Tensor:
+def focal_tversky_loss(prediction: torch.Tensor, target: torch.Tensor, *, fn_weight: float = 0.7,
+                       fp_weight: float = 0.3, exponent: float = 0.75, smooth: float = 1.0, mode: str = "batch",
+                       from_logits: bool = False) -> torch.Tensor:
     """Focal Tversky loss ``(1 - TI) ** exponent`` (Abraham and Khan 2019); scalar tensor.
 
     Arguments as `tversky_index`; ``exponent`` is 1/gamma of the paper (0.75 = 1/(4/3), the published
@@ -161,38 +157,20 @@ def _safe_power(base: torch.Tensor, exponent: float) -> torch.Tensor:
     return torch.where(positive, safe.pow(exponent), torch.zeros_like(base))
 
 
-def dice_loss(
-    prediction: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    smooth: float = 1.0,
-    mode: str = "batch",
-    from_logits: bool = False,
-) -> torch.Tensor:
+def dice_loss(prediction: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0, mode: str = "batch",
+              from_logits: bool = False) -> torch.Tensor:
     """Soft Dice loss ``1 - (2*TP + smooth) / (sum(p) + sum(y) + smooth)``; scalar tensor.
 
     Shapes and ``mode`` as `tversky_index` (Dice is the Tversky index with both weights 0.5).
     """
-    smooth = _check_number("smooth", smooth)
-    _check_mode(mode)
-    probabilities, target = _prepare(prediction, target, from_logits=from_logits)
-    tp, fn, fp = _confusion_sums(probabilities, target, mode)
-    denominator = 2 * tp + fn + fp + smooth
-    if smooth == 0 and bool((denominator == 0).any()):
-        raise ValueError("Dice undefined (0/0) for an empty target and prediction with smooth=0")
-    return (1 - (2 * tp + smooth) / denominator).mean()
+    dice = _soft_overlap(prediction, target, tp_weight=2.0, fn_weight=1.0, fp_weight=1.0, smooth=smooth,
+                         mode=mode, from_logits=from_logits, what="Dice")
+    return (1 - dice).mean()
 
 
-def bce_dice_loss(
-    prediction: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    bce_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    smooth: float = 1.0,
-    mode: str = "batch",
-    from_logits: bool = False,
-) -> torch.Tensor:
+def bce_dice_loss(prediction: torch.Tensor, target: torch.Tensor, *, bce_weight: float = 1.0,
+                  dice_weight: float = 1.0, smooth: float = 1.0, mode: str = "batch",
+                  from_logits: bool = False) -> torch.Tensor:
     """``bce_weight * mean binary cross-entropy + dice_weight * dice_loss``; scalar tensor.
 
     With ``from_logits=True`` the BCE term is computed from logits (`binary_cross_entropy_with_logits`).
@@ -271,12 +249,8 @@ class BCEDiceLoss(_SegmentationLoss):
                          from_logits=from_logits)
 
 
-def cross_entropy_loss(
-    *,
-    class_weights: Sequence[float] | torch.Tensor | None = None,
-    label_smoothing: float = 0.0,
-    num_classes: int | None = None,
-) -> nn.CrossEntropyLoss:
+def cross_entropy_loss(*, class_weights: Sequence[float] | torch.Tensor | None = None, label_smoothing: float = 0.0,
+                       num_classes: int | None = None) -> nn.CrossEntropyLoss:
     """Categorical cross-entropy for the classifier: ``loss(logits (N, K), labels (N,) int64) -> scalar``.
 
     A thin wrapper over `torch.nn.CrossEntropyLoss` (mean reduction) that validates its arguments.

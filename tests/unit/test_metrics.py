@@ -205,14 +205,14 @@ def test_segmentation_aggregates_hand_values():
     prediction, target = _seg_arrays()
     scores = metrics.segmentation_scores(prediction, target)
     assert scores["dice_mean"] == pytest.approx((1 + 0 + 0 + 0.5 + 0.8) / 5)
-    assert scores["dice_tumour"] == pytest.approx((0 + 0.5 + 0.8) / 3)
+    assert scores["dice_tumor"] == pytest.approx((0 + 0.5 + 0.8) / 3)
     # Pooled: TP 3, FP 2, FN 4.
     assert scores["dice_global"] == pytest.approx(6 / 12)
     assert scores["iou_global"] == pytest.approx(3 / 9)
     assert scores["target_nonempty"].tolist() == [False, False, True, True, True]
-    assert metrics.aggregate(scores["iou"], scores["target_nonempty"], how="tumour") == pytest.approx(
+    assert metrics.aggregate(scores["iou"], scores["target_nonempty"], how="tumor") == pytest.approx(
         (0 + 1 / 3 + 2 / 3) / 3)
-    assert np.isnan(metrics.aggregate([1.0], [False], how="tumour"))
+    assert np.isnan(metrics.aggregate([1.0], [False], how="tumor"))
 
 
 def test_segmentation_threshold_and_shapes():
@@ -250,9 +250,9 @@ def test_segmentation_meter_summed_over_ranks():
     reference = metrics.segmentation_scores(prediction, target)
     for name in ("dice", "iou", "tversky"):
         assert result[name] == pytest.approx(reference[f"{name}_mean"])
-        assert result[f"{name}_tumour"] == pytest.approx(reference[f"{name}_tumour"])
+        assert result[f"{name}_tumor"] == pytest.approx(reference[f"{name}_tumor"])
         assert result[f"{name}_global"] == pytest.approx(reference[f"{name}_global"])
-    assert result["images"] == 10 and result["tumour_images"] == 8
+    assert result["images"] == 10 and result["tumor_images"] == 8
     assert result["empty_correct_rate"] == 0.5   # slice 5 predicted empty, slice 2 not
     assert result["detection_rate"] == 1.0
     assert result["loss"] == pytest.approx(0.5)
