@@ -22,10 +22,11 @@ from classeg import archive, imaging
 from classeg.artifact import save_artifact
 from classeg.cli import main
 from classeg.config import load_config
-from classeg.datasets import synthetic
+from classeg import synthetic
 from classeg.demo import save_archive_truth
 from classeg.etl import run_ingest
 from classeg.inference import SCORES_SCHEMA_DDL
+from classeg.manifest import mark_run_complete
 from classeg.scoring import run_path
 
 SIZE = 32
@@ -101,9 +102,9 @@ def _scores_table(spark, scores: Path, archive_root: Path, truth: dict) -> dict:
     spark.createDataFrame(crashed, schema=SCORES_SCHEMA_DDL).coalesce(1).write.parquet(
         run_path(str(scores), "2026-01-03", "run-2"))
     ok = [r for r in rows if r["status"] == "ok"]
-    archive.mark_run_complete(str(scores), run_date="2026-01-02", run_id="run-1",
-                              summary={"listed": len(rows), "pending": len(rows), "scored": len(rows), "ok": len(ok),
-                                       "errors": len(rows) - len(ok), "rows_written": len(rows)})
+    mark_run_complete(str(scores), run_date="2026-01-02", run_id="run-1",
+                      summary={"listed": len(rows), "pending": len(rows), "scored": len(rows), "ok": len(ok),
+                               "errors": len(rows) - len(ok), "rows_written": len(rows)})
     true_tumour = [s for s in truth["slices"] if s["has_tumor"]]
     return {"files": len(rows), "ok": len(ok), "errors": len(rows) - len(ok),
             "tumor": sum(1 for r in ok if r["tumor"]),

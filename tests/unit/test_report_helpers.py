@@ -8,7 +8,9 @@ import pytest
 
 from classeg.demo import save_archive_truth
 from classeg.imaging import decode_png
-from classeg.report import PREDICTED_RGB, TRUTH_RGB, _metric, find_artifact, locate, overlay, roc_points
+from classeg.plots import PREDICTED_RGB, TRUTH_RGB, overlay, roc_points
+from classeg.report.markup import metric as _metric
+from classeg.report.sources import find_artifact, locate
 
 
 @pytest.mark.parametrize("positive, scores, fpr, tpr", [

@@ -1,0 +1,167 @@
+"""The archive scoring section: what the scores table says (newest row per file of the completed runs), its
+runs, the predicted classes, the agreement with the archive's known truth where the demo saved one, and a
+gallery of scans with their predicted (and true) masks."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from classeg.plots import PREDICTED_RGB, TRUTH_RGB, overlay, rgb_png
+from classeg.report.loading import read_runs, read_score_masks, read_scores, read_truth
+from classeg.report.markup import esc, figure, fmt, missing, table
+from classeg.report.section import ReportContext, Section
+
+log = logging.getLogger(__name__)
+
+
+def _gallery_choice(scores: pd.DataFrame, truth: dict, size: int) -> pd.DataFrame:
+    """Up to ``size`` ok rows: predicted tumours first (those with known truth first), then a few negatives."""
+    ok = scores[scores["status"] == "ok"].copy()
+    if ok.empty:
+        return ok
+    ok["known"] = ok["key"].isin(truth.keys()) if "key" in ok else False
+    tumor = ok[ok["tumor"] == True].sort_values(["known", "key"], ascending=[False, True])  # noqa: E712
+    other = ok[ok["tumor"] != True].sort_values(["known", "key"], ascending=[False, True])  # noqa: E712
+    negatives = min(len(other), max(size // 3, size - len(tumor)))
+    return pd.concat([tumor.head(size - negatives), other.head(negatives)])
+
+
+def _archive_dice(scores_dir: Path, known: pd.DataFrame, truth: dict) -> dict[str, float]:
+    """key -> Dice of the predicted mask against the true mask, for scans whose truth has tumour (a scan
+    without a predicted mask scores 0)."""
+    from classeg.imaging import decode_png
+    from classeg.metrics import dice_per_image
+
+    positives = known[known["key"].map(lambda k: bool(truth[k]["has_tumor"]) and bool(truth[k].get("mask_png")))]
+    masks = read_score_masks(scores_dir, positives["source_uri"].tolist())
+    result = {}
+    for row in positives.itertuples():
+        true_mask = decode_png(Path(truth[row.key]["mask_png"]).read_bytes()) != 0
+        data = masks.get(row.source_uri)
+        predicted = decode_png(data) != 0 if data is not None else np.zeros_like(true_mask)
+        if predicted.ndim == 3:
+            predicted = predicted.any(axis=2)
+        if predicted.shape != true_mask.shape:
+            log.warning("report: %s: predicted mask %s vs true mask %s, skipped", row.key, predicted.shape,
+                        true_mask.shape)
+            continue
+        result[row.key] = float(dice_per_image(predicted, true_mask)[0])
+    return result
+
+
+def _gallery_tiles(ctx: ReportContext, chosen: pd.DataFrame, truth: dict, dice_by_key: dict) -> list[str]:
+    from classeg.errors import FetchError
+    from classeg.imaging import DecodeError, decode_png, decode_scan
+    from classeg.io.files import fetch
+
+    masks = read_score_masks(ctx.sources.scores, chosen["source_uri"].tolist()) if len(chosen) else {}
+    tiles = []
+    for index, row in enumerate(chosen.itertuples()):
+        key = getattr(row, "key", None) or row.source_uri.rsplit("/", 1)[-1]
+        try:
+            image = decode_scan(fetch(row.source_uri), key)
+        except (FetchError, DecodeError) as err:
+            log.warning("report: cannot show %s: %s", row.source_uri, err)
+            continue
+        predicted = decode_png(masks[row.source_uri]) if row.source_uri in masks else None
+        entry = truth.get(key)
+        true_mask = None
+        if entry and entry.get("mask_png"):
+            true_mask = decode_png(Path(entry["mask_png"]).read_bytes())
+        name = ctx.save(f"gallery/scan_{index:03d}.png", rgb_png(overlay(image, predicted, true_mask)))
+        caption = f"{key}: predicted {row.label_name} (tumour probability {fmt(row.tumor_probability)})"
+        if predicted is not None and pd.notna(row.mask_area_px):
+            caption += f", mask {int(row.mask_area_px)} px"
+        if entry:
+            caption += f"; truth {entry.get('label_name')}"
+            if key in dice_by_key:
+                caption += f", Dice {fmt(dice_by_key[key])}"
+        tiles.append(figure(name, f"scan {key} with predicted mask", caption))
+    return tiles
+
+
+def _runs_table(runs: list[dict]) -> str:
+    rows = [[r.get("run_id"), r.get("run_date"), r.get("completed_at"),
+             *(r.get("summary", {}).get(k) for k in ("listed", "pending", "scored", "ok", "errors"))]
+            for r in runs]
+    return table(["run", "run date", "completed", "listed", "new", "scored", "ok", "errors"], rows,
+                 caption="Scoring runs (incremental: each run scores only new or changed files)")
+
+
+def _against_truth(ctx: ReportContext, ok: pd.DataFrame, errors: pd.DataFrame, truth: dict,
+                   broken: list[dict]) -> tuple[str, dict[str, float]]:
+    """(paragraph, key -> Dice) comparing the ok rows with the truth the demo saved for its synthetic
+    archive; ("", {}) when no scored scan has known truth."""
+    known = ok[ok["key"].isin(truth.keys())] if "key" in ok else ok.iloc[:0]
+    if not len(known):
+        return "", {}
+    keys = ctx.keys
+    truth_tumor = known["key"].map(lambda k: bool(truth[k]["has_tumor"]))
+    correct = known["tumor"].astype("boolean").fillna(False).astype(bool) == truth_tumor
+    keys["archive_accuracy"] = float(correct.mean())
+    keys["archive_known"] = len(known)
+    dice_by_key = _archive_dice(ctx.sources.scores, known, truth)
+    if dice_by_key:
+        keys["archive_dice"] = float(np.mean(list(dice_by_key.values())))
+    planted = int(errors["key"].isin([b["path"] for b in broken]).sum()) if "key" in errors else 0
+    paragraph = (
+        f"<p>Against the archive's known truth ({len(known)} scans): tumour/no-tumour accuracy "
+        f"<b>{fmt(keys['archive_accuracy'])}</b>"
+        + (f"; mean Dice on the {len(dice_by_key)} true-tumour scans <b>{fmt(keys['archive_dice'])}</b> "
+           "(a tumour scan classified as no tumour counts as Dice 0)" if dice_by_key else "")
+        + f". Planted broken files: {len(broken)}, of which {planted} became error rows.</p>")
+    return paragraph, dice_by_key
+
+
+def _gallery(ctx: ReportContext, scores: pd.DataFrame, truth: dict, dice_by_key: dict) -> str:
+    chosen = _gallery_choice(scores, truth, ctx.gallery_size)
+    tiles = _gallery_tiles(ctx, chosen, truth, dice_by_key)
+    return ("<h3>Gallery</h3><p class='legend'>Predicted mask: <span style='background:rgb"
+            f"{PREDICTED_RGB}'></span>red tint and outline; ground truth: "
+            f"<span style='background:rgb{TRUTH_RGB}'></span>yellow outline (where known).</p>"
+            + ("<div class='gallery'>" + "".join(tiles) + "</div>" if tiles else missing("No scans to show.")))
+
+
+def render(ctx: ReportContext) -> str:
+    from classeg.errors import error_kind
+
+    parts = ["<h2 id='scoring'>Archive scoring (Class-Seg)</h2>"]
+    sources = ctx.sources
+    if sources.scores is None:
+        ctx.sections["scoring"] = "no scores table found"
+        return "".join(parts) + missing("No scores table found: the archive has not been scored.")
+    scores = read_scores(sources.scores)
+    runs = read_runs(sources.scores)
+    truth, broken = read_truth(sources.archive_truth) if sources.archive_truth else ({}, [])
+    if scores.empty:
+        ctx.sections["scoring"] = "scores table is empty"
+        return "".join(parts) + missing("The scores table has no rows yet.")
+    ok = scores[scores["status"] == "ok"]
+    errors = scores[scores["status"] == "error"]
+    tumor = ok[ok["tumor"] == True]  # noqa: E712
+    ctx.keys.update(archive_scored=len(scores), archive_tumor=len(tumor), scoring_errors=len(errors))
+    parts.append(f"<p><b>{len(scores)}</b> archive files scored (newest result per file): <b>{len(ok)}</b> ok, "
+                 f"<b>{len(errors)}</b> errors; <b>{len(tumor)}</b> classified as tumour and segmented, "
+                 f"{len(ok) - len(tumor)} as no tumour. Scores table <code>{esc(sources.scores)}</code>.</p>")
+    if runs:
+        parts.append(_runs_table(runs))
+    if not ok.empty and "label_name" in ok:
+        counts = ok["label_name"].value_counts()
+        parts.append(table(["predicted class", "scans"], [[k, int(v)] for k, v in counts.items()],
+                           caption="Predicted classes"))
+    paragraph, dice_by_key = _against_truth(ctx, ok, errors, truth, broken) if truth else ("", {})
+    parts.append(paragraph)
+    parts.append(_gallery(ctx, scores, truth, dice_by_key))
+    kinds = errors["error"].map(lambda e: error_kind(e) or "unknown") if len(errors) else pd.Series(dtype=str)
+    ctx.keys["scoring_errors_by_kind"] = {str(k): int(v) for k, v in kinds.value_counts().items()}
+    ctx.sections["scoring"] = "ok"
+    return "".join(parts)
+
+
+SECTION = Section(name="scoring", render=render, key_labels=(
+    ("archive_scored", "archive scans scored"), ("archive_tumor", "scored as tumour"),
+    ("scoring_errors", "scoring errors"), ("archive_accuracy", "archive tumour/no-tumour accuracy vs truth"),
+    ("archive_dice", "archive Dice vs truth (tumour scans)")))
