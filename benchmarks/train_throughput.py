@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 
 
-def plain_loop(frame, plan: dict, *, epochs: int, threads: int) -> float:
+def plain_loop(frame, spec, train: dict, *, epochs: int, threads: int) -> float:
     """Images/s of one process: decode + augment + preprocess + forward/backward/step, like one rank does."""
     import torch
 
@@ -29,20 +29,20 @@ def plain_loop(frame, plan: dict, *, epochs: int, threads: int) -> float:
     from classeg.training.optim import build_optimizer
 
     torch.set_num_threads(threads)
-    task, train = plan["task"], plan["train"]
+    task = spec.task
     rows = frame.toPandas()  # the benchmark's train split is small
-    model = build_model(plan, load_weights=False)
+    model = build_model(spec, load_weights=False)
     optimizer = build_optimizer(model, task=task, optimizer="adamw", lr=train["lr"], weight_decay=0.0,
                                 momentum=0.9, backbone_lr_scale=train["backbone_lr_scale"])
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    loss_fn = build_loss(plan, torch.device("cpu"))
+    loss_fn = build_loss(spec, torch.device("cpu"))
     batch, seen, started = int(train["batch_size"]), 0, None
     for epoch in range(epochs):
         if epoch == 1:
             started, seen = time.time(), 0  # first epoch is warm-up
         for start in range(0, len(rows), batch):
             chunk = rows.iloc[start:start + batch]
-            examples = [decode_example(r.image, getattr(r, "mask", None), task=task, input_spec=plan["input_spec"],
+            examples = [decode_example(r.image, getattr(r, "mask", None), task=task, input_spec=spec.input_spec,
                                        augment=True, seed=0, epoch=epoch, scan_id=r.scan_id) for r in chunk.itertuples()]
             images = torch.from_numpy(__import__("numpy").stack([e[0] for e in examples]))
             target = (torch.from_numpy(__import__("numpy").stack([e[1] for e in examples])) if task == "segment"
@@ -66,12 +66,13 @@ def main(argv=None) -> int:
     from petastorm.spark import SparkDatasetConverter
 
     from classeg.config import load_config
-    from classeg.datasets import synthetic
+    from classeg import synthetic
     from classeg.etl import read_scan_table, run_ingest
     from classeg.spark import get_spark
     from classeg.training import run_training
     from classeg.training.data import open_loader, prepare_split, split_counts, task_frame
     from classeg.training.job import input_spec
+    from classeg.training.plan import ModelSpec
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="classeg-train-throughput-"))
     synthetic.write_lgg(work / "data", patients=args.patients, seed=5, image_size=args.image_size)
@@ -94,23 +95,25 @@ def main(argv=None) -> int:
     train_cfg = load_config(overrides=train_over)
     frame, summary = read_scan_table(spark, str(work / "table"))
     spec = input_spec(args.task, image_size=args.image_size, channels=3)
-    plan = {"task": args.task, "train": train_cfg.to_dict()["train"], "class_names": summary["class_names"],
-            "input_spec": spec, "weights": {"kind": "none"}, "class_weights": None}
+    model_spec = ModelSpec.from_train_config(train_cfg.to_dict()["train"], class_names=summary["class_names"],
+                                             input_spec=spec)
     tumor_only = args.task == "segment"
     rows = task_frame(frame, split="train", task=args.task, tumor_only=tumor_only)
-    record["plain_1x2_images_per_sec"] = round(plain_loop(rows, plan, epochs=args.epochs, threads=2), 2)
+    rate = plain_loop(rows, model_spec, train_cfg.to_dict()["train"], epochs=args.epochs, threads=2)
+    record["plain_1x2_images_per_sec"] = round(rate, 2)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, f"file://{work / 'cache'}")
     counts = split_counts(frame)
     n = counts["train"]["tumor"] if tumor_only else counts["train"]["rows"]
     data = prepare_split(spark, frame, split="train", task=args.task, tumor_only=tumor_only, rows=n, processes=1, seed=0)
     started, seen = time.time(), 0
     with contextlib.ExitStack() as stack:
-        loader = stack.enter_context(open_loader(data, task=args.task, input_spec=spec, batch_size=args.batch_size,
+        loader = stack.enter_context(open_loader(data.shards, task=args.task, input_spec=spec,
+                                                 batch_size=args.batch_size,
                                                  rank=0, size=1, seed=0, epoch=0, train=True, augment=True))
         for batch in loader:
             seen += batch["image"].shape[0]
     record["petastorm_loader_images_per_sec"] = round(seen / (time.time() - started), 2)
-    data.converter.delete()
+    data.delete()
     for engine in ("horovod", "torch"):
         record[f"{engine}_vs_plain"] = round(record[f"{engine}_2x1_images_per_sec"] / record["plain_1x2_images_per_sec"], 3)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,9 @@
 TorchDistributor with torchrun/Gloo), real Petastorm shards, checkpoints, resume, the artifact and
 `classeg evaluate`. One tiny synthetic LGG table (32x32 slices) serves every test.
 
-Runs: Horovod classifier 2 epochs (run "full"), Horovod classifier 1 epoch then resumed to 2 (run "resumed"),
-TorchDistributor segmenter 2 epochs. Each costs ~30-40 s on 2 cores, mostly process start-up.
+Runs: Horovod classifier 2 epochs (run "full", whose validation split also chooses the operating point),
+Horovod classifier 1 epoch then resumed to 2 (run "resumed"), TorchDistributor segmenter 2 epochs. Each
+costs ~30-40 s on 2 cores, mostly process start-up.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from classeg.artifact import load_artifact
 from classeg.config import load_config
-from classeg.datasets import synthetic
+from classeg import synthetic
 from classeg.etl import read_scan_table, run_ingest
 from classeg.training import checkpoints, run_training
 
@@ -99,6 +100,42 @@ def test_classifier_artifact_loads_alone_and_predicts(classifier_run, table):
     assert best["epoch"] == result["best_epoch"]
     for key, value in best["model"].items():
         assert torch.equal(artifact.model.state_dict()[key], value), key
+
+
+def test_classifier_operating_point_reproduces_its_validation_sensitivity(classifier_run, table, spark):
+    from pyspark.sql import functions as F
+
+    from classeg.imaging import decode_png
+
+    result, output = classifier_run
+    scans, rows, summary = table
+    artifact_dir = output / "runs" / "full" / "model"
+    meta = json.loads((artifact_dir / "model.json").read_text())
+    point = meta["operating_point"]
+    assert point is not None and point == result["operating_point"]
+    assert point["split"] == "val" and point["tumor_classes"] == meta["tumor_classes"] == ["tumor"]
+    assert point["target_sensitivity"] == 0.95  # train.target_sensitivity's default
+    frame, _ = read_scan_table(spark, str(scans))
+    val = frame.filter(F.col("split") == "val").select("image", "label").toPandas()
+    is_tumor = val.label.to_numpy() == 1
+    assert (point["positives"], point["negatives"]) == (int(is_tumor.sum()), int((~is_tumor).sum()))
+    assert point["positives"] and point["negatives"], "the fixture's validation split holds both kinds of scan"
+    # Score every validation scan again, as scoring does (the artifact's own preprocessing), and apply the
+    # stored threshold: tumour when probability >= threshold (1e-5 of slack for batch-size rounding).
+    artifact = load_artifact(str(artifact_dir))
+    images = torch.from_numpy(np.stack([artifact.preprocess(decode_png(bytes(image))) for image in val.image]))
+    with torch.no_grad():
+        tumor_probability = artifact.model.predict_proba(images)[:, 1].numpy()
+    called = tumor_probability >= point["threshold"] - 1e-5
+    sensitivity, specificity = called[is_tumor].mean(), (~called[~is_tumor]).mean()
+    assert sensitivity == pytest.approx(point["sensitivity"]) and sensitivity >= 0.95
+    assert specificity == pytest.approx(point["specificity"])
+    # the highest such threshold: a tumour scan's probability, and no higher one reaches the target
+    assert np.min(np.abs(tumor_probability[is_tumor] - point["threshold"])) < 1e-5
+    assert (tumor_probability[is_tumor] >= point["threshold"] + 1e-5).mean() < 0.95
+    roc = point["roc"]
+    assert len(roc["fpr"]) == len(roc["tpr"]) == len(roc["thresholds"]) >= 2 and roc["thresholds"][0] is None
+    assert 0 <= point["youden"]["j"] <= 1
 
 
 def test_resume_matches_uninterrupted_run(classifier_run, table, spark, tmp_path):

@@ -1,9 +1,12 @@
 """Training pieces without Spark: transfer strategies through a real loop step, schedules, class weights,
-shard arithmetic, scan keys, checkpoints and RNG state, the Petastorm transform, figures, weight checks."""
+shard arithmetic, scan keys, checkpoints, train state and RNG state, the plan, the Petastorm transform, the
+operating point, figures, weight checks."""
 from __future__ import annotations
 
 import io
+import logging
 import math
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -12,9 +15,12 @@ import torch
 
 from classeg import imaging
 from classeg.artifact import save_artifact
+from classeg.config import ConfigError, load_config
 from classeg.training import checkpoints
+from classeg.training.checkpoints import TrainState, upgrade_metric_names
 from classeg.training.collectives import LocalCollectives, for_engine
 from classeg.training.data import (
+    Shards,
     decode_example,
     make_transform_spec,
     row_group_count,
@@ -25,17 +31,18 @@ from classeg.training.data import (
 from classeg.training.job import _check_splits, resolve_weights
 from classeg.training.loop import build_model, monitor_spec, state_checksum, train_step
 from classeg.training.optim import LRSchedule, build_optimizer, class_weights
-from classeg.training.plots import confusion_matrix_png, dice_histogram_png, overlay_gallery_png, training_curves_png
+from classeg.training.outputs import operating_point
+from classeg.training.plan import ModelSpec, Recipe, TrainPlan
+from classeg.plots import confusion_matrix_png, dice_histogram_png, overlay_gallery_png, training_curves_png
 
 SPEC = {"size": 32, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "zscore": False}
 
 
-def _plan(task="classify", **train):
-    base = {"arch": "resnet18", "head": "linear", "strategy": "finetune", "image_size": 32, "base_filters": 4,
+def _spec(task="classify", **train):
+    base = {"task": task, "arch": "resnet18", "head": "linear", "strategy": "finetune", "base_filters": 4,
             "label_smoothing": 0.0, "loss": "dice"}
     spec = SPEC if task == "classify" else {**SPEC, "mean": None, "std": None, "zscore": True}
-    return {"task": task, "train": {**base, **train}, "class_names": ["no", "yes"], "input_spec": spec,
-            "weights": {"kind": "none"}}
+    return ModelSpec.from_train_config({**base, **train}, class_names=["no", "yes"], input_spec=spec)
 
 
 # ---------------------------------------------------------------------------------------------- strategies
@@ -46,7 +53,7 @@ def _plan(task="classify", **train):
 ])
 def test_transfer_strategy_trains_only_what_it_should(strategy, trained, frozen):
     torch.manual_seed(0)
-    model = build_model(_plan(strategy=strategy), load_weights=False)
+    model = build_model(_spec(strategy=strategy), load_weights=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = build_optimizer(model, task="classify", optimizer="sgd", lr=0.5, weight_decay=0.0, momentum=0.0,
                                 backbone_lr_scale=1.0)
@@ -68,7 +75,7 @@ def test_transfer_strategy_trains_only_what_it_should(strategy, trained, frozen)
 
 def test_gradient_accumulation_steps_only_on_the_last_micro_batch():
     torch.manual_seed(0)
-    model = build_model(_plan(strategy="frozen"), load_weights=False)
+    model = build_model(_spec(strategy="frozen"), load_weights=False)
     optimizer = build_optimizer(model, task="classify", optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.0,
                                 backbone_lr_scale=1.0)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
@@ -83,9 +90,9 @@ def test_gradient_accumulation_steps_only_on_the_last_micro_batch():
 
 def test_segmenter_model_and_checksum():
     torch.manual_seed(1)
-    first = build_model(_plan("segment"), load_weights=False)
+    first = build_model(_spec("segment"), load_weights=False)
     torch.manual_seed(1)
-    second = build_model(_plan("segment"), load_weights=False)
+    second = build_model(_spec("segment"), load_weights=False)
     assert first.describe()["config"] == {"in_channels": 3, "base_filters": 4, "out_channels": 1}
     assert state_checksum(first) == state_checksum(second)
     with torch.no_grad():
@@ -128,7 +135,7 @@ def test_plateau_reduces_after_patience_and_round_trips():
 
 
 def test_optimizer_groups_keep_peak_rates():
-    model = build_model(_plan(strategy="partial"), load_weights=False)
+    model = build_model(_spec(strategy="partial"), load_weights=False)
     optimizer = build_optimizer(model, task="classify", optimizer="adamw", lr=0.01, weight_decay=0.0,
                                 momentum=0.9, backbone_lr_scale=0.1)
     assert [(g["name"], g["peak_lr"]) for g in optimizer.param_groups] == [("backbone", 0.001), ("head", 0.01)]
@@ -145,7 +152,7 @@ def test_class_weights_inverse_frequency():
 
 def test_monitor_spec():
     assert monitor_spec("classify", "auto") == ("accuracy", True)
-    assert monitor_spec("segment", "auto") == ("dice_tumour", True)
+    assert monitor_spec("segment", "auto") == ("dice_tumor", True)
     assert monitor_spec("segment", "loss") == ("loss", False)
 
 
@@ -218,7 +225,7 @@ def test_transform_spec_classify_frame():
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip_and_rng_state(tmp_path):
-    model = build_model(_plan("segment"), load_weights=False)
+    model = build_model(_spec("segment"), load_weights=False)
     uri = str(tmp_path / "ck" / "last.pt")
     torch.manual_seed(5)
     np.random.seed(5)
@@ -239,9 +246,113 @@ def test_checkpoint_round_trip_and_rng_state(tmp_path):
         checkpoints.load(str(tmp_path / "junk.pt"))
 
 
+# ---------------------------------------------------------------------------------------------- state and plan
+def test_train_state_tracks_best_and_round_trips_through_last_pt(tmp_path):
+    state = TrainState()
+    assert state.complete_epoch({"epoch": 1, "val_accuracy": 0.5}, value=0.5, higher_is_better=True)
+    assert not state.complete_epoch({"epoch": 2, "val_accuracy": 0.4}, value=0.4, higher_is_better=True)
+    assert not state.complete_epoch({"epoch": 3}, value=math.nan, higher_is_better=True)
+    assert state.complete_epoch({"epoch": 4, "val_accuracy": 0.6}, value=0.6, higher_is_better=True)
+    assert not state.complete_epoch({"epoch": 5, "val_accuracy": 0.6}, value=0.6, higher_is_better=True)
+    assert (state.epoch, state.best, state.best_epoch, state.bad_epochs) == (5, 0.6, 4, 1)
+    lower = TrainState()
+    assert lower.complete_epoch({}, value=0.3, higher_is_better=False)
+    assert lower.complete_epoch({}, value=0.2, higher_is_better=False) and lower.best_epoch == 2
+    state.step, state.stopped_early = 40, True
+    uri = str(tmp_path / "last.pt")
+    checkpoints.save(uri, {"task": "classify", "class_names": ["no", "yes"], **state.to_checkpoint()})
+    restored = TrainState.from_checkpoint(checkpoints.load(uri))
+    assert (restored.epoch, restored.step, restored.best, restored.best_epoch, restored.bad_epochs) == \
+        (5, 40, 0.6, 4, 1)
+    assert restored.history == state.history and restored.start_epoch == 5
+    assert not restored.stopped_early and restored.initial_val is None  # this run's facts are not checkpointed
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"epoch": 1, "val_dice_tumour": 0.7, "val_iou_tumour": 0.5},
+     {"epoch": 1, "val_dice_tumor": 0.7, "val_iou_tumor": 0.5}),
+    ({"dice_tumor": 0.8, "dice_tumour": 0.1}, {"dice_tumor": 0.8}),  # both spellings: the new one wins
+    ({"accuracy": 0.9, "loss": 0.2}, {"accuracy": 0.9, "loss": 0.2}),
+])
+def test_old_metric_names_load_under_the_new_ones(entry, expected, tmp_path):
+    assert upgrade_metric_names(entry) == expected
+    uri = str(tmp_path / "old.pt")
+    checkpoints.save(uri, {"epoch": 1, "step": 3, "best": 0.7, "best_epoch": 1, "bad_epochs": 0, "history": [entry]})
+    assert TrainState.from_checkpoint(checkpoints.load(uri)).history == [expected]
+
+
+def test_recipe_reads_every_key_from_the_default_config_and_the_plan_pickles():
+    train = load_config(overrides=["train.epochs=3", "train.lr=0.01", "train.augment=false"]).to_dict()["train"]
+    recipe = Recipe.from_train_config(train)
+    assert (recipe.epochs, recipe.lr, recipe.augment, recipe.target_sensitivity) == (3, 0.01, False, 0.95)
+    assert isinstance(recipe.seed, int) and isinstance(recipe.lr, float)
+    shards = Shards(split="train", file_urls=("file:///c/part-0.parquet", "file:///c/part-1.parquet"), rows=11,
+                    row_groups=4, shard_rows=tuple(shard_rows(11, 4, 2)))
+    assert shards.steps(4) == 2  # the larger shard (6 rows) needs 2 batches of 4
+    plan = TrainPlan(model=_spec(), recipe=recipe, splits={"train": shards}, run_id="r1", run_uri="/out/runs/r1",
+                     output="/out", resume=False, s3=None, config={"train": train}, fingerprint={"scans": "/t"})
+    again = pickle.loads(pickle.dumps(plan))
+    assert again == plan and again.class_names == ["no", "yes"] and again.task == "classify"
+    assert (plan.last_uri, plan.best_uri, plan.artifact_uri) == (
+        "/out/runs/r1/checkpoints/last.pt", "/out/runs/r1/checkpoints/best.pt", "/out/runs/r1/model")
+    with pytest.raises(Exception, match="cannot assign"):
+        plan.resume = True
+
+
+@pytest.mark.parametrize("value, ok", [("0.95", True), ("1", True), ("0.5", True), ("0", False), ("1.2", False),
+                                       ("-0.1", False)])
+def test_target_sensitivity_must_be_in_zero_one(value, ok):
+    if ok:
+        assert load_config(overrides=[f"train.target_sensitivity={value}"]).train.target_sensitivity == float(value)
+    else:
+        with pytest.raises(ConfigError, match=r"train.target_sensitivity must be in \(0, 1\]"):
+            load_config(overrides=[f"train.target_sensitivity={value}"])
+
+
+# ---------------------------------------------------------------------------------------------- operating point
+@pytest.mark.parametrize("labels, positives, negatives", [([1, 1, 1], 3, 0), ([0, 0], 0, 2)])
+def test_no_operating_point_without_both_kinds_of_scan(labels, positives, negatives, caplog):
+    probabilities = np.array([[0.3, 0.7]] * len(labels))
+    with caplog.at_level(logging.WARNING, logger="classeg.training"):
+        point, reason = operating_point(np.array(labels), probabilities, class_names=["no_tumor", "tumor"],
+                                        tumor_classes=["tumor"], target_sensitivity=0.95)
+    assert point is None
+    assert reason.startswith(f"the validation split has {positives} tumour and {negatives} tumour-free scans")
+    assert "no operating point" in caplog.text
+
+
+@pytest.mark.parametrize("target, threshold, sensitivity, specificity", [
+    (1.0, 0.7, 1.0, 1.0),      # every tumour scan: the lowest tumour probability, 0.7
+    (0.6, 0.85, 2 / 3, 1.0),   # two of three: 0.85
+    (0.3, 0.9, 1 / 3, 1.0),
+])
+def test_operating_point_sums_the_tumour_classes(target, threshold, sensitivity, specificity):
+    # classes glioma (tumour), notumor, pituitary (tumour): tumour probability = p[0] + p[2], so the tumour
+    # scans score 0.9, 0.7, 0.85 and the tumour-free ones 0.2, 0.4, 0.6
+    names = ["glioma", "notumor", "pituitary"]
+    labels = np.array([0, 1, 2, 1, 1, 2])
+    probabilities = np.array([[0.5, 0.1, 0.4], [0.1, 0.8, 0.1], [0.1, 0.3, 0.6], [0.3, 0.6, 0.1],
+                              [0.2, 0.4, 0.4], [0.05, 0.15, 0.8]])
+    point, reason = operating_point(labels, probabilities, class_names=names, tumor_classes=["glioma", "pituitary"],
+                                    target_sensitivity=target)
+    assert reason is None and point["split"] == "val" and (point["positives"], point["negatives"]) == (3, 3)
+    assert point["tumor_classes"] == ["glioma", "pituitary"] and point["target_sensitivity"] == target
+    assert point["threshold"] == pytest.approx(threshold)
+    assert point["sensitivity"] == pytest.approx(sensitivity) and point["specificity"] == pytest.approx(specificity)
+
+
+def test_operating_point_rejects_bad_input():
+    with pytest.raises(ValueError, match="tumor_classes must be a non-empty subset"):
+        operating_point(np.array([0, 1]), np.eye(2), class_names=["no", "yes"], tumor_classes=["tumour"],
+                        target_sensitivity=0.9)
+    with pytest.raises(ValueError, match=r"probabilities must be \(N, 2\)"):
+        operating_point(np.array([0, 1]), np.ones((2, 3)) / 3, class_names=["no", "yes"], tumor_classes=["yes"],
+                        target_sensitivity=0.9)
+
+
 # ---------------------------------------------------------------------------------------------- weights
 def test_weights_class_names_must_match(tmp_path):
-    model = build_model(_plan(), load_weights=False)
+    model = build_model(_spec(), load_weights=False)
     save_artifact(str(tmp_path / "art"), model=model, task="classify", class_names=["no", "yes"], input_spec=SPEC)
     common = dict(task="classify", arch="resnet18", head="linear", base_filters=16)
     assert resolve_weights(str(tmp_path / "art"), class_names=["no", "yes"], **common) == \

@@ -1,6 +1,8 @@
-"""Distributed training: one per-rank loop (`loop.train_rank`) launched by Horovod-on-Spark or Spark's
-TorchDistributor (`engines`), data through Petastorm (`data`), checkpoints and resume (`checkpoints`),
-evaluation of artifacts (`evaluate`) and figures (`plots`).
+"""Distributed training: the driver checks the request and builds a `plan.TrainPlan` (`job`); one per-rank
+loop (`loop.train_rank`) launched by Horovod-on-Spark or Spark's TorchDistributor (`engines`), talking through
+`collectives`, reading Petastorm shards (`data`, `shards`), resumable through `checkpoints` (`TrainState`);
+rank 0 writes the artifact, metrics and the classifier's operating point (`outputs`); `evaluate` re-scores an
+artifact on any scan table.
 
 Entry points: `run_training(spark, cfg)` (``classeg train``) and `evaluate_artifact(...)`
 (``classeg evaluate``). Importing this package imports neither torch nor Horovod.

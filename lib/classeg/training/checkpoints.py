@@ -1,17 +1,23 @@
-"""Training checkpoints: ``<output>/runs/<run_id>/checkpoints/{last,best}.pt`` (local or s3://).
+"""Training checkpoints: ``<output>/runs/<run_id>/checkpoints/{last,best}.pt`` (local or s3://), and the
+`TrainState` they carry.
 
 A checkpoint is a ``torch.save``d dict of tensors and plain Python values only (so ``torch.load(...,
 weights_only=True)`` reads it and `classeg.models.read_state_dict` finds its ``model`` state):
 
 ``format`` ("classeg-checkpoint/1"), ``task``, ``class_names``, ``epoch`` (epochs completed), ``model`` (state
-dict, no DDP prefix), and in ``last.pt`` also ``optimizer``, ``schedule``, ``history``, ``best`` (monitored
-value), ``best_epoch``, ``bad_epochs`` (early stopping), ``step`` (optimizer steps so far), ``world_size``
-and ``rng`` (per rank: torch, numpy and python generator states).
+dict, no DDP prefix), ``monitor``, ``best``, ``best_epoch``; ``last.pt`` also holds the rest of the
+`TrainState` (``history``, ``bad_epochs``, ``step``) and ``optimizer``, ``schedule``, ``world_size`` and
+``rng`` (per rank: torch, numpy and python generator states).
+
+Metric names: history entries use ``_tumor`` (``val_dice_tumor``); checkpoints written before the rename
+(``val_dice_tumour``) load with the new names.
 """
 from __future__ import annotations
 
 import io
+import math
 import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +27,68 @@ from classeg.artifact import join, read_bytes, write_bytes
 FORMAT = "classeg-checkpoint/1"
 LAST = "last.pt"
 BEST = "best.pt"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands after ``epoch`` completed epochs: the loop's state that ``last.pt`` keeps besides
+    the model, optimizer, schedule and generator states (so a resumed run continues exactly where the first
+    stopped), plus what this run learned that is not checkpointed.
+
+    ``best`` is the best monitored validation value so far (None before the first finite one) and
+    ``best_epoch`` its 1-based epoch; ``bad_epochs`` counts epochs since it last improved (early stopping);
+    ``step`` counts optimizer steps over the whole run (the learning-rate schedule's clock); ``history`` has
+    one dict per epoch (``epoch``, ``train_loss``, ``lr``, ``images_per_sec``, ``seconds``, ``val_<metric>``).
+    """
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    # This run only, not checkpointed: the first epoch it trained (0-based), whether early stopping ended
+    # it, and the validation metrics of the initial weights (``train.eval_before_training``).
+    start_epoch: int = 0
+    stopped_early: bool = False
+    initial_val: dict | None = None
+
+    def complete_epoch(self, entry: dict, *, value: float, higher_is_better: bool) -> bool:
+        """Close epoch ``epoch + 1``: append its history ``entry``, compare its monitored validation ``value``
+        with the best so far (NaN never improves) and count the epoch. True when it is the new best."""
+        improved = not math.isnan(value) and (
+            self.best is None or (value > self.best if higher_is_better else value < self.best))
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = float(value), self.epoch + 1, 0
+        else:
+            self.bad_epochs += 1
+        self.history.append(entry)
+        self.epoch += 1
+        return improved
+
+    def to_checkpoint(self) -> dict:
+        """The checkpointed fields, as ``last.pt`` stores them."""
+        return {"epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "history": [dict(entry) for entry in self.history]}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> "TrainState":
+        """The state a ``last.pt`` dict holds; the resumed run starts at its next epoch."""
+        epoch = int(checkpoint["epoch"])
+        return cls(epoch=epoch, step=int(checkpoint["step"]), best=checkpoint["best"],
+                   best_epoch=checkpoint["best_epoch"], bad_epochs=int(checkpoint["bad_epochs"]),
+                   history=[upgrade_metric_names(entry) for entry in checkpoint["history"]], start_epoch=epoch)
+
+
+def upgrade_metric_names(entry: dict) -> dict:
+    """A metrics or history dict with pre-rename keys (``dice_tumour``, ``val_iou_tumour``) under the
+    current names (``dice_tumor``, ``val_iou_tumor``); a key present under both spellings keeps the new one."""
+    upgraded = {}
+    for key, value in entry.items():
+        new = key[:-len("_tumour")] + "_tumor" if key.endswith("_tumour") else key
+        if new == key or new not in entry:
+            upgraded[new] = value
+    return upgraded
 
 
 def checkpoint_dir(run_uri: str) -> str:

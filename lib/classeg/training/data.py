@@ -7,7 +7,8 @@ one Parquet file per partition under the cache directory. With one row group per
 (row group ``g`` belongs to shard ``g % shard_count``) is known in advance, so the driver computes every
 shard's size and the number of steps that lets every rank run the SAME number of steps per epoch (Horovod and
 DDP hang when one rank stops early). ``row_groups`` is a multiple of the number of processes, so shards differ
-by at most ``row_groups / processes`` rows.
+by at most ``row_groups / processes`` rows. `prepare_split` returns a `SplitData`: the converter stays on the
+driver (it deletes the cache at the end), its `Shards` (file URLs and row counts) travel in the plan.
 
 Rank side (``open_loader``, ``epoch_batches``): one pass of Petastorm's batch reader over shard ``rank`` of
 ``size`` of the converter's files (`classeg.training.shards`: a reader thread pool without petastorm's
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,19 +56,33 @@ def scan_id_from_key(key: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- driver side
-@dataclass
-class SplitData:
-    """One split materialised for Petastorm: its converter, row count and per-shard row counts."""
+@dataclass(frozen=True)
+class Shards:
+    """One materialised split as the ranks see it (picklable, no Spark objects): its Parquet files in
+    Petastorm's read order, its row count, row groups and the rows of each rank's shard."""
 
     split: str
-    converter: Any
+    file_urls: tuple[str, ...]
     rows: int
     row_groups: int
-    shard_rows: list[int] = field(default_factory=list)
+    shard_rows: tuple[int, ...]
 
     def steps(self, batch_size: int) -> int:
         """Batches every rank reads per epoch so that each rank sees at least its whole shard."""
         return math.ceil(max(self.shard_rows) / batch_size)
+
+
+@dataclass
+class SplitData:
+    """Driver side of one materialised split: the Petastorm converter (which owns the cached files; `delete`
+    them when training ends) and the `Shards` the ranks read."""
+
+    converter: Any
+    shards: Shards
+
+    def delete(self) -> None:
+        """Remove the split's cached Parquet files."""
+        self.converter.delete()
 
 
 def split_counts(frame) -> dict[str, dict[str, Any]]:
@@ -161,8 +176,9 @@ def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows
         raise RuntimeError(f"Petastorm cache of the {split} split has {len(converter)} rows in "
                            f"{len(converter.file_urls)} files, expected {rows} rows in {row_groups}")
     log.info("%s split: %d rows in %d row groups at %s", split, rows, row_groups, converter.cache_dir_url)
-    return SplitData(split=split, converter=converter, rows=rows, row_groups=row_groups,
-                     shard_rows=shard_rows(rows, row_groups, processes))
+    shards = Shards(split=split, file_urls=tuple(converter.file_urls), rows=rows, row_groups=row_groups,
+                    shard_rows=tuple(shard_rows(rows, row_groups, processes)))
+    return SplitData(converter=converter, shards=shards)
 
 
 # ---------------------------------------------------------------------------------------------- rank side
@@ -228,7 +244,7 @@ def reader_seed(seed: int, epoch: int, pass_index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, pass_index]).generate_state(1)[0]) or 1
 
 
-def open_loader(data: SplitData, *, task: str, input_spec: dict, batch_size: int, rank: int, size: int,
+def open_loader(data: Shards, *, task: str, input_spec: dict, batch_size: int, rank: int, size: int,
                 seed: int, epoch: int, train: bool, augment: bool, pass_index: int = 0):
     """Context manager yielding one pass over this rank's shard (`classeg.training.shards.ShardPass`: an
     iterable of batches that raises if the pass ends short of the shard's rows).
@@ -240,14 +256,14 @@ def open_loader(data: SplitData, *, task: str, input_spec: dict, batch_size: int
     spec = make_transform_spec(task=task, input_spec=input_spec, augment=augment and train, seed=seed,
                                epoch=epoch)
     return open_shard_pass(
-        data.converter.file_urls, rank=rank, size=size, expected_rows=data.shard_rows[rank],
+        list(data.file_urls), rank=rank, size=size, expected_rows=data.shard_rows[rank],
         what=f"rank {rank}'s shard of the {data.split} split", batch_size=batch_size,
         shuffling_queue_capacity=min(SHUFFLE_BATCHES * batch_size, max(data.shard_rows)) if train else 0,
         shuffle_row_groups=train, seed=reader_seed(seed, epoch if train else 0, pass_index if train else 0),
         transform_spec=spec)
 
 
-def epoch_batches(data: SplitData, *, steps: int, **loader_options):
+def epoch_batches(data: Shards, *, steps: int, **loader_options):
     """Exactly ``steps`` training batches for this rank: whole passes over its shard (so every row of the
     shard is seen each epoch), then as much of a further pass as the shards' unequal sizes require. Use
     with `contextlib.closing` so the reader stops when the loop has its batches."""

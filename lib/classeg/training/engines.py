@@ -17,6 +17,7 @@ import json
 import logging
 
 from classeg.artifact import join, read_bytes
+from classeg.training.plan import TrainPlan
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def torch_local_mode(spark, mode: str) -> bool:
     return mode == "local"
 
 
-def launch(spark, plan: dict, *, engine: str, num_proc: int, threads: int, torch_mode: str = "auto") -> dict:
+def launch(spark, plan: TrainPlan, *, engine: str, num_proc: int, threads: int, torch_mode: str = "auto") -> dict:
     """Run `classeg.training.loop.train_rank` on ``num_proc`` processes; return rank 0's result dict."""
     from classeg.training.loop import train_rank
 
@@ -82,5 +83,5 @@ def launch(spark, plan: dict, *, engine: str, num_proc: int, threads: int, torch
     else:
         raise ValueError(f"engine must be one of ('horovod', 'torch'), got {engine!r}")
     if not isinstance(result, dict):
-        result = json.loads(read_bytes(join(plan["run_uri"], "result.json"), s3_cfg=plan.get("s3")))
+        result = json.loads(read_bytes(join(plan.run_uri, "result.json"), s3_cfg=plan.s3))
     return result

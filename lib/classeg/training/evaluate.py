@@ -3,8 +3,8 @@
 Rows stream to the driver partition by partition (``toLocalIterator``), are preprocessed exactly as in
 training (`classeg.training.data.decode_example`, no augmentation) and scored in batches; the metrics come
 from the same meters as training's. Output: ``metrics.json`` and the task's figures (see
-`classeg.training.plots`). Classifiers need the scan table's class names to equal the artifact's; segmenters
-are evaluated on every slice of the split that has a mask (Dice on tumour slices is ``dice_tumour``).
+`classeg.plots`). Classifiers need the scan table's class names to equal the artifact's; segmenters
+are evaluated on every slice of the split that has a mask (Dice on tumour slices is ``dice_tumor``).
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ def evaluate_artifact(spark, *, model: str, scans: str, output: str, split: str 
     from classeg.artifact import load_artifact
     from classeg.etl import read_scan_table
     from classeg.spark import ensure_driver
+    from classeg.training.checkpoints import upgrade_metric_names
     from classeg.training.data import decode_example
     from classeg.training.loop import GALLERY_SIZE, build_loss_for, evaluate_batches, make_meter
-    from classeg.training.plots import write_evaluation
+    from classeg.plots import write_evaluation
 
     ensure_driver("evaluate_artifact")
     if split not in SPLITS:
@@ -54,8 +55,9 @@ def evaluate_artifact(spark, *, model: str, scans: str, output: str, split: str 
         raise ValueError(f"split {split!r} of scan table {scans!r} has no {what} to evaluate {model!r} on")
     spec = artifact.meta["input"]
     meter = make_meter(task, max(2, len(class_names)))
-    loss_fn = build_loss_for(task, artifact.meta.get("training", {}).get("config", {}).get("train", {}),
-                             num_classes=len(class_names))
+    recorded = artifact.meta.get("training", {}).get("config", {}).get("train", {})
+    loss_fn = build_loss_for(task, num_classes=len(class_names), loss=recorded.get("loss", "focal_tversky"),
+                             label_smoothing=float(recorded.get("label_smoothing", 0.0)))
     dice: list[float] = []
     samples: list[dict] = []
 
@@ -81,11 +83,11 @@ def evaluate_artifact(spark, *, model: str, scans: str, output: str, split: str 
         metrics.update(confusion_matrix=report["confusion_matrix"], per_class=report["per_class"])
     document = {"model": model, "model_id": artifact.model_id, "scans": scans, "split": split, "rows": count,
                 "seconds": round(time.time() - started, 1)}
-    write_evaluation(output, task=task, metrics=metrics, class_names=class_names,
-                     history=artifact.meta.get("history", []), dice=dice, samples=samples[:GALLERY_SIZE],
-                     s3_cfg=s3_cfg, extra=document)
+    history = [upgrade_metric_names(entry) for entry in artifact.meta.get("history", [])]
+    write_evaluation(output, task=task, metrics=metrics, class_names=class_names, history=history, dice=dice,
+                     samples=samples[:GALLERY_SIZE], s3_cfg=s3_cfg, extra=document)
     log.info("evaluate %s on %s split %s (%d rows): %s", artifact.model_id, scans, split, count,
-             ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "roc_auc", "dice_tumour", "dice") if k in metrics))
+             ", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "roc_auc", "dice_tumor", "dice") if k in metrics))
     return {**document, "task": task, "output": output, "metrics": metrics}
 
 

@@ -5,8 +5,9 @@ the offending value): the scan table exists and is complete, every split has row
 and tumour slices when ``train.segment_slices=tumor``), at least one row per process, the segmenter's image
 size is a multiple of 16, the engine is installed, and ``--weights``, when it is a classeg artifact or
 checkpoint, was trained on the same task and class names. Then it materialises train/val/test with Petastorm,
-computes class weights from the train split's counts, builds the plan (a picklable dict) and launches
-`classeg.training.loop.train_rank` through `classeg.training.engines`.
+computes class weights from the train split's counts, builds the `classeg.training.plan.TrainPlan` (frozen,
+picklable: what every rank needs) and launches `classeg.training.loop.train_rank` through
+`classeg.training.engines`.
 
 Layout under ``train.output``::
 
@@ -32,8 +33,9 @@ from typing import Any
 from classeg.artifact import join, read_bytes, read_meta
 from classeg.config import Config
 from classeg.training import checkpoints
-from classeg.training.data import SPLITS, prepare_split, split_counts
+from classeg.training.data import SPLITS, SplitData, prepare_split, split_counts
 from classeg.training.engines import check_engine, launch, torch_local_mode
+from classeg.training.plan import ModelSpec, Recipe, TrainPlan
 
 log = logging.getLogger(__name__)
 
@@ -154,29 +156,63 @@ def _channels(frame) -> int:
     return 1 if image.ndim == 2 else int(image.shape[2])
 
 
+def _check_request(train) -> None:
+    """The request's own values (before the scan table is read); ValueError naming the bad one."""
+    if not train.scans or not train.output:
+        raise ValueError(f"train needs --scans URI and --output URI (got scans={train.scans!r}, "
+                         f"output={train.output!r})")
+    if train.task == "segment" and train.image_size % 16:
+        raise ValueError(f"the segmenter's image size must be a multiple of 16 (four 2x2 poolings), got "
+                         f"train.image_size={train.image_size}")
+    if train.task == "classify" and train.image_size < 32:
+        raise ValueError(f"the classifier's image size must be at least 32, got train.image_size={train.image_size}")
+
+
+def _resumes(run_id: str, run_uri: str, *, task: str, class_names: list[str], s3_cfg: Any) -> bool:
+    """Whether the run already has a ``last.pt`` to resume from (ValueError when it trained something else)."""
+    last_uri = join(checkpoints.checkpoint_dir(run_uri), checkpoints.LAST)
+    try:
+        last = checkpoints.load(last_uri, s3_cfg=s3_cfg)
+    except FileNotFoundError:
+        log.info("run id %s (rerun with --run-id %s to resume); output %s", run_id, run_id, run_uri)
+        return False
+    if last.get("task") != task or list(last.get("class_names") or []) != class_names:
+        raise ValueError(f"run {run_id!r} at {run_uri} trained task {last.get('task')!r} on classes "
+                         f"{last.get('class_names')}; this request is task {task!r} on {class_names}: use "
+                         "another --run-id")
+    log.info("run id %s: resuming after epoch %d (%s)", run_id, last["epoch"], last_uri)
+    return True
+
+
+def _class_weights(train, counts: dict, class_names: list[str]) -> list[float] | None:
+    """Inverse train-split frequency weights when ``train.class_weights`` is ``auto`` (classifier), else None."""
+    if train.task != "classify" or train.class_weights != "auto":
+        return None
+    from classeg.training.optim import class_weights as inverse_frequency
+
+    weights = inverse_frequency(counts["train"]["labels"], len(class_names))
+    log.info("class weights (inverse train frequency): %s",
+             ", ".join(f"{n} {w:.3f}" for n, w in zip(class_names, weights)))
+    return weights
+
+
 def run_training(spark, cfg: Config) -> dict:
     """Train ``cfg.train.task`` on the scan table ``cfg.train.scans``; returns rank 0's result (run id,
     artifact location, history, test metrics, per-rank weight checksums, ...). Driver only."""
+    from petastorm.spark import SparkDatasetConverter
+
     from classeg.etl import read_scan_table
     from classeg.spark import ensure_driver
 
     ensure_driver("run_training")
     started = time.time()
-    train = cfg.train
-    task = train.task
-    if not train.scans or not train.output:
-        raise ValueError(f"train needs --scans URI and --output URI (got scans={train.scans!r}, "
-                         f"output={train.output!r})")
-    if task == "segment" and train.image_size % 16:
-        raise ValueError(f"the segmenter's image size must be a multiple of 16 (four 2x2 poolings), got "
-                         f"train.image_size={train.image_size}")
-    if task == "classify" and train.image_size < 32:
-        raise ValueError(f"the classifier's image size must be at least 32, got train.image_size={train.image_size}")
+    train, config = cfg.train, cfg.to_dict()
+    task, s3_settings = train.task, config["s3"]
+    _check_request(train)
     check_engine(train.engine)
     if train.engine == "torch":
         torch_local_mode(spark, train.torch_mode)
     scans, output = _uri(train.scans), _uri(train.output)
-    s3_settings = cfg.to_dict()["s3"]
     frame, summary = read_scan_table(spark, scans)
     class_names = list(summary.get("class_names") or [])
     if task == "classify" and len(class_names) < 2:
@@ -186,58 +222,35 @@ def run_training(spark, cfg: Config) -> dict:
     rows = _check_splits(counts, task=task, tumor_only=tumor_only, scans=scans, num_proc=train.num_proc)
     weights = resolve_weights(train.weights, task=task, arch=train.arch, head=train.head,
                               base_filters=train.base_filters, class_names=class_names, s3_cfg=s3_settings)
-
     run_id = train.run_id or new_run_id()
     run_uri = join(output, f"runs/{run_id}")
-    last_uri = join(checkpoints.checkpoint_dir(run_uri), checkpoints.LAST)
-    resume = False
-    try:
-        last = checkpoints.load(last_uri, s3_cfg=s3_settings)
-    except FileNotFoundError:
-        last = None
-    if last is not None:
-        if last.get("task") != task or list(last.get("class_names") or []) != class_names:
-            raise ValueError(f"run {run_id!r} at {run_uri} trained task {last.get('task')!r} on classes "
-                             f"{last.get('class_names')}; this request is task {task!r} on {class_names}: use "
-                             "another --run-id")
-        resume = True
-        log.info("run id %s: resuming after epoch %d (%s)", run_id, last["epoch"], last_uri)
-    else:
-        log.info("run id %s (rerun with --run-id %s to resume); output %s", run_id, run_id, run_uri)
-
-    from petastorm.spark import SparkDatasetConverter
+    resume = _resumes(run_id, run_uri, task=task, class_names=class_names, s3_cfg=s3_settings)
 
     cache = _file_url(_uri(train.cache_dir)) if train.cache_dir else _file_url(join(run_uri, "cache"))
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache)
-    channels = _channels(frame) if task == "segment" else 3
-    spec = input_spec(task, image_size=train.image_size, channels=channels)
-    class_weights = None
-    if task == "classify" and train.class_weights == "auto":
-        from classeg.training.optim import class_weights as inverse_frequency
-
-        class_weights = inverse_frequency(counts["train"]["labels"], len(class_names))
-        log.info("class weights (inverse train frequency): %s",
-                 ", ".join(f"{n} {w:.3f}" for n, w in zip(class_names, class_weights)))
-    data = {}
+    spec = input_spec(task, image_size=train.image_size, channels=_channels(frame) if task == "segment" else 3)
+    model = ModelSpec.from_train_config(config["train"], class_names=class_names, input_spec=spec, weights=weights,
+                                        class_weights=_class_weights(train, counts, class_names),
+                                        endpoint_url=s3_settings.get("endpoint_url"))
+    prepared: dict[str, SplitData] = {}
     try:
         for split in SPLITS:
-            data[split] = prepare_split(spark, frame, split=split, task=task, tumor_only=tumor_only and split != "test",
-                                        rows=rows[split], processes=train.num_proc, seed=train.seed)
-        plan = {
-            "task": task, "train": cfg.to_dict()["train"], "config": cfg.to_dict(), "s3": s3_settings,
-            "run_id": run_id, "run_uri": run_uri, "output": output, "resume": resume, "weights": weights,
-            "class_names": class_names, "class_weights": class_weights, "input_spec": spec, "data": data,
-            "fingerprint": {"scans": scans, "scan_table_run_id": summary.get("run_id"),
-                            "rows": {s: counts[s]["rows"] for s in SPLITS}, "task_rows": rows,
-                            "segment_slices": train.segment_slices if task == "segment" else None},
-            "record_shards": train.record_shards, "eval_before_training": train.eval_before_training,
-            "log_level": logging.getLevelName(logging.getLogger("classeg").getEffectiveLevel()),
-        }
+            prepared[split] = prepare_split(spark, frame, split=split, task=task, rows=rows[split],
+                                            tumor_only=tumor_only and split != "test", processes=train.num_proc,
+                                            seed=train.seed)
+        plan = TrainPlan(
+            model=model, recipe=Recipe.from_train_config(config["train"]),
+            splits={split: data.shards for split, data in prepared.items()}, run_id=run_id, run_uri=run_uri,
+            output=output, resume=resume, s3=s3_settings, config=config,
+            fingerprint={"scans": scans, "scan_table_run_id": summary.get("run_id"),
+                         "rows": {s: counts[s]["rows"] for s in SPLITS}, "task_rows": rows,
+                         "segment_slices": train.segment_slices if task == "segment" else None},
+            log_level=logging.getLevelName(logging.getLogger("classeg").getEffectiveLevel()))
         result = launch(spark, plan, engine=train.engine, num_proc=train.num_proc, threads=train.threads_per_proc,
                         torch_mode=train.torch_mode)
     finally:
-        for split_data in data.values():
-            split_data.converter.delete()
+        for split_data in prepared.values():
+            split_data.delete()
     result["driver_seconds"] = round(time.time() - started, 1)
     log.info("train %s: run %s finished in %.1fs; artifact %s (copy at %s)", task, run_id, result["driver_seconds"],
              result["artifact"], result.get("latest_artifact"))

@@ -2,16 +2,22 @@
 
 Every training process runs `train_rank`; the engine (Horovod or torch.distributed) only changes how the
 process was launched and the `Collectives` it talks through. Everything the function needs arrives in
-``plan`` (a picklable dict built on the driver by `classeg.training.job`): the ``train`` config section, the
-Petastorm split converters, class names and weights, the input spec, where the run lives, whether to resume.
-No module-level state: imports of torch and friends happen inside.
+``plan``, a frozen `classeg.training.plan.TrainPlan` built on the driver by `classeg.training.job`: the model
+spec, the recipe (config values), each split's shards, where the run lives, whether to resume. No
+module-level state: imports of torch and friends happen inside.
 
-Per epoch: seed every generator from (seed, epoch, rank); read exactly ``steps`` batches of this rank's shard
-(the same count on every rank); optimizer steps every ``grad_accum_steps`` batches with the learning rate
-from `LRSchedule`; average BatchNorm statistics over ranks; validate every rank's shard and merge the
-meters' state vectors with one allreduce; rank 0 logs, checkpoints ``last.pt`` (and ``best.pt`` when the
-monitored metric improved). At the end the best weights are tested on the test split the same way, and rank 0
-writes the model artifact, ``metrics.json`` and figures.
+The loop reads like torchvision's references: `setup` builds this rank's live objects (`RankContext`:
+model, optimizer, schedule, loss) and its `TrainState` (fresh, or restored from ``last.pt``); each epoch is
+`train_one_epoch`, `validate` and `save_checkpoint`; `finish` tests the best weights and has rank 0 write
+the outputs (`classeg.training.outputs`).
+
+Per epoch: seed every generator from (seed, epoch, rank); read exactly ``micro_steps`` batches of this
+rank's shard (the same count on every rank); optimizer steps every ``grad_accum_steps`` batches with the
+learning rate from `LRSchedule`; average BatchNorm statistics over ranks; validate every rank's shard and
+merge the meters' state vectors with one allreduce; rank 0 logs, checkpoints ``last.pt`` (and ``best.pt``
+when the monitored metric improved). At the end the best weights are tested on the test split the same way,
+a classifier's validation scores are gathered for its operating point, and rank 0 writes the model
+artifact, ``metrics.json``, figures and ``result.json``.
 """
 from __future__ import annotations
 
@@ -22,11 +28,16 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 
-from classeg.artifact import join
 from classeg.training import checkpoints
+from classeg.training.checkpoints import TrainState
 from classeg.training.collectives import Collectives, for_engine
+from classeg.training.optim import LRSchedule
+from classeg.training.plan import ModelSpec, TrainPlan
 
 log = logging.getLogger("classeg.training")
 
@@ -49,9 +60,9 @@ def seed_everything(seed: int, *, rank: int, epoch: int) -> None:
 
 
 def monitor_spec(task: str, monitor: str) -> tuple[str, bool]:
-    """(validation metric name, higher is better). ``auto``: accuracy (classify) or dice_tumour (segment)."""
+    """(validation metric name, higher is better). ``auto``: accuracy (classify) or dice_tumor (segment)."""
     if monitor == "auto":
-        monitor = "accuracy" if task == "classify" else "dice_tumour"
+        monitor = "accuracy" if task == "classify" else "dice_tumor"
     return monitor, monitor != "loss"
 
 
@@ -66,44 +77,41 @@ def state_checksum(module) -> str:
     return digest.hexdigest()
 
 
-def build_model(plan: dict, *, load_weights: bool):
-    """The task's model from the plan, with the requested initial weights when ``load_weights`` (rank 0;
+def build_model(spec: ModelSpec, *, load_weights: bool):
+    """The task's model from ``spec``, with the requested initial weights when ``load_weights`` (rank 0;
     the other ranks receive rank 0's weights through the engine's broadcast)."""
     from classeg.models import build_classifier, build_resunet, load_classifier_state, read_state_dict
 
-    train = plan["train"]
-    weights = plan.get("weights") or {"kind": "none"}
-    endpoint = (plan.get("s3") or {}).get("endpoint_url")
+    weights, endpoint, input_spec = spec.weights, spec.endpoint_url, spec.input_spec
     kind = weights["kind"] if load_weights else "none"
-    if plan["task"] == "classify":
-        model = build_classifier(arch=train["arch"], num_classes=len(plan["class_names"]), head=train["head"],
-                                 strategy=train["strategy"], weights=weights["uri"] if kind == "backbone" else None,
-                                 input_size=plan["input_spec"]["size"], in_channels=plan["input_spec"]["channels"],
-                                 mean=plan["input_spec"]["mean"], std=plan["input_spec"]["std"],
-                                 endpoint_url=endpoint)
+    if spec.task == "classify":
+        model = build_classifier(arch=spec.arch, num_classes=len(spec.class_names), head=spec.head,
+                                 strategy=spec.strategy, weights=weights["uri"] if kind == "backbone" else None,
+                                 input_size=input_spec["size"], in_channels=input_spec["channels"],
+                                 mean=input_spec["mean"], std=input_spec["std"], endpoint_url=endpoint)
         if kind == "full":
             load_classifier_state(model, read_state_dict(weights["uri"], endpoint_url=endpoint))
         return model
-    return build_resunet(in_channels=plan["input_spec"]["channels"], base_filters=train["base_filters"],
+    return build_resunet(in_channels=input_spec["channels"], base_filters=spec.base_filters,
                          weights=weights["uri"] if kind in ("full", "backbone") else None, endpoint_url=endpoint)
 
 
-def build_loss_for(task: str, train: dict, *, num_classes: int, class_weights=None):
-    """Cross entropy with ``class_weights`` and ``train.label_smoothing`` (classify) or ``train.loss`` on
-    logits (segment; focal Tversky when the config does not say)."""
+def build_loss_for(task: str, *, num_classes: int, loss: str = "focal_tversky", label_smoothing: float = 0.0,
+                   class_weights=None):
+    """Cross entropy with ``class_weights`` and ``label_smoothing`` (classify) or the segmentation ``loss``
+    on logits (segment; focal Tversky unless said otherwise, as for artifacts that recorded no loss)."""
     from classeg import losses
 
     if task == "classify":
-        return losses.cross_entropy_loss(class_weights=class_weights,
-                                         label_smoothing=float(train.get("label_smoothing", 0.0)),
+        return losses.cross_entropy_loss(class_weights=class_weights, label_smoothing=float(label_smoothing),
                                          num_classes=num_classes)
-    return losses.build_loss(train.get("loss", "focal_tversky"), from_logits=True)
+    return losses.build_loss(loss, from_logits=True)
 
 
-def build_loss(plan: dict, device):
-    """The training loss of the plan's task, on ``device``."""
-    return build_loss_for(plan["task"], plan["train"], num_classes=len(plan["class_names"]),
-                          class_weights=plan.get("class_weights")).to(device)
+def build_loss(spec: ModelSpec, device):
+    """The training loss of ``spec``'s task, on ``device``."""
+    return build_loss_for(spec.task, num_classes=len(spec.class_names), loss=spec.loss,
+                          label_smoothing=spec.label_smoothing, class_weights=spec.class_weights).to(device)
 
 
 def _batch_to_device(batch: dict, task: str, device, channels_last: bool):
@@ -119,8 +127,6 @@ def train_step(train_model, images, target, *, loss_fn, optimizer, scaler, coll:
                accum_steps: int, last_micro: bool) -> float:
     """One micro-batch: forward, backward (loss / accum_steps, gradients synchronised only on the group's last
     micro-batch), and the optimizer step on the last one. Returns the micro-batch's mean loss."""
-    import contextlib
-
     import torch
 
     sync = contextlib.nullcontext() if last_micro else coll.no_sync(train_model)
@@ -143,9 +149,10 @@ def make_meter(task: str, num_classes: int):
 
 def evaluate_batches(model, batches, *, task: str, loss_fn, device, meter, use_amp: bool = False,
                      channels_last: bool = False, keys: set | None = None, dice: list | None = None,
-                     samples: list | None = None) -> None:
+                     samples: list | None = None, scores: list | None = None) -> None:
     """Run ``model`` (a plain module, not the DDP wrapper: evaluation needs no collectives) over ``batches``
-    and update ``meter``; optionally record scan keys, per-tumour-slice Dice and a few gallery samples."""
+    and update ``meter``; optionally record scan keys, per-tumour-slice Dice and a few gallery samples
+    (segment), or per batch the labels (B,) and softmax probabilities (B, K) as numpy arrays (classify)."""
     import torch
 
     from classeg.metrics import dice_per_image
@@ -163,6 +170,8 @@ def evaluate_batches(model, batches, *, task: str, loss_fn, device, meter, use_a
                     keys.update(int(k) for k in batch["scan_key"])
                 if task == "classify":
                     meter.update(target.cpu(), logits=output.cpu(), loss=loss)
+                    if scores is not None:
+                        scores.append((target.cpu().numpy(), torch.softmax(output, dim=1).cpu().numpy()))
                     continue
                 probabilities = torch.sigmoid(output).cpu()
                 meter.update(probabilities, target.cpu(), loss=loss)
@@ -182,10 +191,10 @@ def evaluate_batches(model, batches, *, task: str, loss_fn, device, meter, use_a
         model.train(was_training)
 
 
-def _merged(coll: Collectives, meter) -> dict:
-    """Meter state summed over ranks (one allreduce) -> metrics dict (identical on every rank)."""
+def _merged(coll: Collectives, meter):
+    """``meter`` with its state summed over ranks (one allreduce): its metrics are then identical on every rank."""
     meter.load_state(coll.allreduce_sum(meter.state()))
-    return meter.compute()
+    return meter
 
 
 def _progress(total: int, enabled: bool, description: str):
@@ -199,8 +208,8 @@ def _progress(total: int, enabled: bool, description: str):
     return tqdm(total=total, desc=description, leave=False, file=sys.stderr)
 
 
-def _setup_logging(plan: dict, rank: int) -> None:
-    level = getattr(logging, plan.get("log_level", "INFO")) if rank == 0 else logging.WARNING
+def _setup_logging(log_level: str, rank: int) -> None:
+    level = getattr(logging, log_level) if rank == 0 else logging.WARNING
     root = logging.getLogger("classeg")
     if not root.handlers:  # a fresh rank process: nothing configured logging yet
         handler = logging.StreamHandler(sys.stderr)
@@ -221,8 +230,41 @@ def _device(coll: Collectives):
     return torch.device("cpu")
 
 
-# ---------------------------------------------------------------------------------------------- the function
-def train_rank(plan: dict, engine: str) -> dict | None:
+# ---------------------------------------------------------------------------------------------- the loop
+@dataclass
+class RankContext:
+    """One rank's live training objects, built by `setup`. Not checkpointed: a restart rebuilds them from
+    the plan and ``last.pt``."""
+
+    plan: TrainPlan
+    coll: Collectives
+    device: Any
+    model: Any  # the plain module: evaluation, checkpoints and the artifact use it
+    train_model: Any  # what the training forward pass runs (the DDP wrapper under torch.distributed)
+    optimizer: Any
+    scaler: Any
+    schedule: LRSchedule
+    loss_fn: Any
+    micro_steps: int  # micro-batches per epoch: a multiple of grad_accum_steps, equal on every rank
+    monitor: str
+    higher_is_better: bool
+    started: float
+    scan_keys: dict[str, set] = field(default_factory=dict)  # record_shards: scan keys each split's pass read
+
+    @property
+    def use_amp(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.micro_steps // self.plan.recipe.grad_accum_steps
+
+
+def train_rank(plan: TrainPlan, engine: str) -> dict | None:
     """Train on this rank. Returns the result dict on rank 0 and None elsewhere (the engines return one
     process's value; rank 0 also writes it as ``result.json`` in the run folder)."""
     import warnings
@@ -232,9 +274,9 @@ def train_rank(plan: dict, engine: str) -> dict | None:
     # Petastorm 0.13 on pyarrow 14 warns about every legacy-dataset call, per reader, per epoch.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
     warnings.filterwarnings("ignore", message=".*A value is trying to be set on a copy.*")
-    torch.set_num_threads(int(plan["train"]["threads_per_proc"]))
+    torch.set_num_threads(plan.recipe.threads_per_proc)
     coll = for_engine(engine)
-    _setup_logging(plan, coll.rank)
+    _setup_logging(plan.log_level, coll.rank)
     try:
         result = run(plan, coll)
     finally:
@@ -242,253 +284,249 @@ def train_rank(plan: dict, engine: str) -> dict | None:
     return result if coll.rank == 0 else None
 
 
-def run(plan: dict, coll: Collectives) -> dict:
-    """The training loop on one rank (see the module docstring); ``coll`` connects it to the other ranks."""
+def run(plan: TrainPlan, coll: Collectives) -> dict | None:
+    """The training loop on one rank (see the module docstring); ``coll`` connects it to the other ranks.
+    Returns rank 0's result (None on the other ranks)."""
+    ctx, state = setup(plan, coll)
+    recipe, rank, monitor = plan.recipe, coll.rank, ctx.monitor
+    if recipe.eval_before_training and not plan.resume:
+        state.initial_val = validate(ctx, "val", epoch=0).compute()
+        if rank == 0:
+            log.info("before training: val loss %.4f, %s %.4f", state.initial_val["loss"], monitor,
+                     state.initial_val.get(monitor, math.nan))
+    if rank == 0:
+        log.info("training %s on %d process(es) (%s, %s): %d epochs x %d steps of %d images per process, "
+                 "lr %.3g (x%d processes), start at epoch %d", plan.task, coll.size, coll.name, ctx.device,
+                 recipe.epochs, ctx.steps_per_epoch, recipe.batch_size * recipe.grad_accum_steps, recipe.lr,
+                 coll.size, state.epoch + 1)
+    epoch_seconds: list[float] = []
+    for epoch in range(state.epoch, recipe.epochs):
+        epoch_started = time.time()
+        train_loss, images_per_sec = train_one_epoch(ctx, state, epoch)
+        coll.average_buffers(ctx.model)
+        val = validate(ctx, "val", epoch=epoch).compute()
+        value = val.get(monitor, math.nan)
+        ctx.schedule.epoch_end(value)
+        entry = {"epoch": epoch + 1, "train_loss": train_loss, "lr": ctx.optimizer.param_groups[-1]["lr"],
+                 "images_per_sec": images_per_sec, "seconds": round(time.time() - epoch_started, 2),
+                 **{f"val_{k}": float(v) for k, v in val.items() if isinstance(v, (int, float))}}
+        improved = state.complete_epoch(entry, value=value, higher_is_better=ctx.higher_is_better)
+        epoch_seconds.append(time.time() - epoch_started)
+        save_checkpoint(ctx, state, improved=improved)
+        if rank == 0:
+            remaining = (recipe.epochs - state.epoch) * float(np.mean(epoch_seconds))
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f%s, %.1f images/s, %.1fs, ETA %.0fs",
+                     state.epoch, recipe.epochs, train_loss, entry.get("val_loss", math.nan), monitor, value,
+                     " (best)" if improved else "", images_per_sec, entry["seconds"], remaining)
+        patience = recipe.early_stopping_patience
+        if patience and state.bad_epochs >= patience:
+            state.stopped_early = True
+            if rank == 0:
+                log.info("early stopping after epoch %d: no %s improvement for %d epochs (best %.4f at epoch %s)",
+                         state.epoch, monitor, patience, state.best if state.best is not None else math.nan,
+                         state.best_epoch)
+            break
+    return finish(ctx, state)
+
+
+def setup(plan: TrainPlan, coll: Collectives) -> tuple[RankContext, TrainState]:
+    """This rank's model (rank 0's initial weights everywhere), optimizer, schedule, loss and state; when the
+    plan resumes, all restored from ``last.pt`` (every rank reads it from the shared storage itself; the
+    engine's broadcast makes rank 0's copy win)."""
     import torch
 
-    from classeg.training.optim import LRSchedule, build_optimizer
+    from classeg.training.optim import build_optimizer
 
     started = time.time()
-    train, task = plan["train"], plan["task"]
-    rank, size = coll.rank, coll.size
-    seed = int(train["seed"])
-    s3_cfg = plan.get("s3")
+    recipe, rank = plan.recipe, coll.rank
     device = _device(coll)
-    use_amp = device.type == "cuda"
-    channels_last = device.type == "cuda"
-    batch_size, accum = int(train["batch_size"]), int(train["grad_accum_steps"])
-    monitor, higher_is_better = monitor_spec(task, train["monitor"])
-    data = plan["data"]
-    record = bool(plan.get("record_shards"))
-    ckpt_dir = checkpoints.checkpoint_dir(plan["run_uri"])
-    last_uri, best_uri = join(ckpt_dir, checkpoints.LAST), join(ckpt_dir, checkpoints.BEST)
-
-    seed_everything(seed, rank=rank, epoch=-1)
-    resume = plan.get("resume", False)
-    model = build_model(plan, load_weights=(rank == 0 and not resume))
+    seed_everything(recipe.seed, rank=rank, epoch=-1)
+    model = build_model(plan.model, load_weights=(rank == 0 and not plan.resume))
     model.to(device)
-    if channels_last:
+    if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, task=task, optimizer=train["optimizer"], lr=train["lr"] * size,
-                                weight_decay=train["weight_decay"], momentum=train["momentum"],
-                                backbone_lr_scale=train["backbone_lr_scale"])
-    micro_steps = math.ceil(data["train"].steps(batch_size) / accum) * accum
-    steps_per_epoch = micro_steps // accum
-    schedule = LRSchedule(kind=train["schedule"], warmup_steps=int(train["warmup_epochs"]) * steps_per_epoch,
-                          total_steps=max(1, int(train["epochs"]) * steps_per_epoch),
+    optimizer = build_optimizer(model, task=plan.task, optimizer=recipe.optimizer, lr=recipe.lr * coll.size,
+                                weight_decay=recipe.weight_decay, momentum=recipe.momentum,
+                                backbone_lr_scale=recipe.backbone_lr_scale)
+    accum = recipe.grad_accum_steps
+    micro_steps = math.ceil(plan.splits["train"].steps(recipe.batch_size) / accum) * accum
+    monitor, higher_is_better = monitor_spec(plan.task, recipe.monitor)
+    schedule = LRSchedule(kind=recipe.schedule, warmup_steps=recipe.warmup_epochs * (micro_steps // accum),
+                          total_steps=max(1, recipe.epochs * (micro_steps // accum)),
                           higher_is_better=higher_is_better)
-    history: list[dict] = []
-    start_epoch, step, best, best_epoch, bad_epochs = 0, 0, None, None, 0
-    if resume:
-        # Every rank reads the checkpoint itself (shared storage); the engine's broadcast makes rank 0's copy win.
-        checkpoint = checkpoints.load(last_uri, s3_cfg=s3_cfg)
+    state, checkpoint = TrainState(), None
+    if plan.resume:
+        checkpoint = checkpoints.load(plan.last_uri, s3_cfg=plan.s3)
         model.load_state_dict(checkpoint["model"])
         schedule.load_state_dict(checkpoint["schedule"])
-        history = list(checkpoint["history"])
-        start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
-        best, best_epoch, bad_epochs = checkpoint["best"], checkpoint["best_epoch"], int(checkpoint["bad_epochs"])
+        state = TrainState.from_checkpoint(checkpoint)
         rng = checkpoint.get("rng") or []
-        if len(rng) == size:
+        if len(rng) == coll.size:
             checkpoints.set_rng_state(rng[rank])
         if rank == 0:
-            log.info("resuming run %s after epoch %d of %d", plan["run_id"], start_epoch, train["epochs"])
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+            log.info("resuming run %s after epoch %d of %d", plan.run_id, state.epoch, recipe.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     train_model, optimizer = coll.wrap(model, optimizer, accum_steps=accum, device=device)
-    if resume:
+    if checkpoint is not None:
         # After wrapping: Horovod's DistributedOptimizer is a new optimizer over the same parameter groups.
         optimizer.load_state_dict(checkpoint["optimizer"])
         coll.broadcast_optimizer_state(optimizer)
-    loss_fn = build_loss(plan, device)
-    num_classes = len(plan["class_names"])
-    shards: dict[str, set] = {}
+    ctx = RankContext(plan=plan, coll=coll, device=device, model=model, train_model=train_model,
+                      optimizer=optimizer, scaler=scaler, schedule=schedule, loss_fn=build_loss(plan.model, device),
+                      micro_steps=micro_steps, monitor=monitor, higher_is_better=higher_is_better, started=started)
+    return ctx, state
 
-    def validate(split: str, *, epoch: int, return_meter: bool = False, **collect):
-        meter = make_meter(task, num_classes)
-        keys = set() if record else None
-        with _open(plan, split, rank=rank, size=size, epoch=epoch, train=False) as loader:
-            evaluate_batches(model, loader, task=task, loss_fn=loss_fn, device=device, meter=meter,
-                             use_amp=use_amp, channels_last=channels_last, keys=keys, **collect)
-        if keys is not None and split not in shards:
-            shards[split] = keys
-        return meter if return_meter else _merged(coll, meter)
 
-    initial = None
-    if plan.get("eval_before_training") and not resume:
-        initial = validate("val", epoch=0)
-        if rank == 0:
-            log.info("before training: val loss %.4f, %s %.4f", initial["loss"], monitor, initial.get(monitor, math.nan))
+def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[float, float]:
+    """Epoch ``epoch`` (0-based): ``ctx.micro_steps`` micro-batches of this rank's shard, advancing
+    ``state.step`` per optimizer step. Returns (mean training loss, images per second), over all ranks."""
+    plan, coll = ctx.plan, ctx.coll
+    recipe = plan.recipe
+    accum = recipe.grad_accum_steps
+    seed_everything(recipe.seed, rank=coll.rank, epoch=epoch)
+    ctx.model.train()
+    started = time.time()
+    loss_sum, seen = 0.0, 0
+    keys = set() if recipe.record_shards and "train" not in ctx.scan_keys else None
+    progress = _Progress(ctx, epoch)
+    with contextlib.closing(_train_batches(plan, rank=coll.rank, size=coll.size, epoch=epoch,
+                                           steps=ctx.micro_steps)) as batches:
+        for micro, batch in enumerate(batches):
+            if keys is not None:
+                keys.update(int(k) for k in batch["scan_key"])
+            images, target = _batch_to_device(batch, plan.task, ctx.device, ctx.channels_last)
+            last_micro = (micro + 1) % accum == 0
+            if micro % accum == 0:
+                ctx.schedule.apply(ctx.optimizer, state.step)
+            loss = train_step(ctx.train_model, images, target, loss_fn=ctx.loss_fn, optimizer=ctx.optimizer,
+                              scaler=ctx.scaler, coll=coll, use_amp=ctx.use_amp, accum_steps=accum,
+                              last_micro=last_micro)
+            state.step += int(last_micro)
+            loss_sum += loss * images.shape[0]
+            seen += images.shape[0]
+            progress.update(micro, loss_sum / seen, images_per_sec=seen * coll.size / max(time.time() - started, 1e-9))
+    progress.close()
+    if keys is not None:
+        ctx.scan_keys["train"] = keys
+    seconds = time.time() - started
+    totals = coll.allreduce_sum(np.array([loss_sum, seen], dtype=np.float64))
+    return float(totals[0] / max(totals[1], 1)), float(totals[1] / max(seconds, 1e-9))
 
-    epochs = int(train["epochs"])
-    patience = int(train["early_stopping_patience"])
-    epoch_seconds: list[float] = []
-    stopped_early = False
-    if rank == 0:
-        log.info("training %s on %d process(es) (%s, %s): %d epochs x %d steps of %d images per process, "
-                 "lr %.3g (x%d processes), start at epoch %d", task, size, coll.name, device, epochs,
-                 steps_per_epoch, batch_size * accum, train["lr"], size, start_epoch + 1)
-    for epoch in range(start_epoch, epochs):
-        seed_everything(seed, rank=rank, epoch=epoch)
-        model.train()
-        epoch_started = time.time()
-        loss_sum, seen = 0.0, 0
-        keys = set() if record and "train" not in shards else None
-        bar = _progress(micro_steps, rank == 0, f"epoch {epoch + 1}/{epochs}")
-        every = max(1, micro_steps // PROGRESS_LINES)
-        with contextlib.closing(_train_batches(plan, rank=rank, size=size, epoch=epoch, steps=micro_steps)) as batches:
-            for micro, batch in enumerate(batches):
-                if keys is not None:
-                    keys.update(int(k) for k in batch["scan_key"])
-                images, target = _batch_to_device(batch, task, device, channels_last)
-                last_micro = (micro + 1) % accum == 0
-                if micro % accum == 0:
-                    schedule.apply(optimizer, step)
-                loss = train_step(train_model, images, target, loss_fn=loss_fn, optimizer=optimizer,
-                                  scaler=scaler, coll=coll, use_amp=use_amp, accum_steps=accum,
-                                  last_micro=last_micro)
-                step += int(last_micro)
-                loss_sum += loss * images.shape[0]
-                seen += images.shape[0]
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-                elif rank == 0 and ((micro + 1) % every == 0) and micro + 1 < micro_steps:
-                    elapsed = time.time() - epoch_started
-                    log.info("epoch %d/%d %3d%% (%d/%d steps) loss %.4f, %.1f images/s", epoch + 1, epochs,
-                             100 * (micro + 1) // micro_steps, micro + 1, micro_steps, loss_sum / seen,
-                             seen * size / max(elapsed, 1e-9))
-        if bar is not None:
-            bar.close()
-        if keys is not None:
-            shards["train"] = keys
-        train_seconds = time.time() - epoch_started
-        totals = coll.allreduce_sum(np.array([loss_sum, seen], dtype=np.float64))
-        coll.average_buffers(model)
-        val = validate("val", epoch=epoch)
-        value = val.get(monitor, math.nan)
-        schedule.epoch_end(value)
-        improved = not math.isnan(value) and (best is None or (value > best if higher_is_better else value < best))
-        if improved:
-            best, best_epoch, bad_epochs = float(value), epoch + 1, 0
-        else:
-            bad_epochs += 1
-        entry = {"epoch": epoch + 1, "train_loss": float(totals[0] / max(totals[1], 1)),
-                 "lr": optimizer.param_groups[-1]["lr"], "images_per_sec": float(totals[1] / max(train_seconds, 1e-9)),
-                 "seconds": round(time.time() - epoch_started, 2),
-                 **{f"val_{k}": float(v) for k, v in val.items() if isinstance(v, (int, float))}}
-        history.append(entry)
-        epoch_seconds.append(time.time() - epoch_started)
-        rng_states = coll.allgather_object(checkpoints.rng_state())
-        if rank == 0:
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            common = {"task": task, "class_names": plan["class_names"], "epoch": epoch + 1, "model": state}
-            if improved:
-                checkpoints.save(best_uri, {**common, "best": best, "best_epoch": best_epoch, "monitor": monitor},
-                                 s3_cfg=s3_cfg)
-            checkpoints.save(last_uri, {**common, "optimizer": optimizer.state_dict(),
-                                        "schedule": schedule.state_dict(), "history": history, "best": best,
-                                        "best_epoch": best_epoch, "bad_epochs": bad_epochs, "step": step,
-                                        "world_size": size, "monitor": monitor, "rng": rng_states}, s3_cfg=s3_cfg)
-            remaining = (epochs - epoch - 1) * float(np.mean(epoch_seconds))
-            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f%s, %.1f images/s, %.1fs, ETA %.0fs",
-                     epoch + 1, epochs, entry["train_loss"], entry.get("val_loss", math.nan), monitor, value,
-                     " (best)" if improved else "", entry["images_per_sec"], entry["seconds"], remaining)
-        if patience and bad_epochs >= patience:
-            stopped_early = True
-            if rank == 0:
-                log.info("early stopping after epoch %d: no %s improvement for %d epochs (best %.4f at epoch %s)",
-                         epoch + 1, monitor, patience, best if best is not None else math.nan, best_epoch)
-            break
 
-    # ------------------------------------------------------------------------------------------ test
+class _Progress:
+    """Rank 0's progress within an epoch: a tqdm bar on a terminal, else ``PROGRESS_LINES`` log lines."""
+
+    def __init__(self, ctx: RankContext, epoch: int) -> None:
+        self.rank0 = ctx.coll.rank == 0
+        self.total, self.epoch, self.epochs = ctx.micro_steps, epoch, ctx.plan.recipe.epochs
+        self.bar = _progress(self.total, self.rank0, f"epoch {epoch + 1}/{self.epochs}")
+        self.every = max(1, self.total // PROGRESS_LINES)
+
+    def update(self, micro: int, mean_loss: float, *, images_per_sec: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{mean_loss:.4f}")
+        elif self.rank0 and (micro + 1) % self.every == 0 and micro + 1 < self.total:
+            log.info("epoch %d/%d %3d%% (%d/%d steps) loss %.4f, %.1f images/s", self.epoch + 1, self.epochs,
+                     100 * (micro + 1) // self.total, micro + 1, self.total, mean_loss, images_per_sec)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def validate(ctx: RankContext, split: str, *, epoch: int = 0, **collect):
+    """Evaluate ``ctx.model`` on this rank's shard of ``split`` (in a fixed order) and return the task's
+    meter with its state summed over ranks (``compute()`` then gives the same metrics on every rank).
+    ``collect``: `evaluate_batches`' ``dice``/``samples``/``scores`` lists, filled from this rank's shard."""
+    plan, coll = ctx.plan, ctx.coll
+    meter = make_meter(plan.task, len(plan.class_names))
+    keys = set() if plan.recipe.record_shards else None
+    with _open(plan, split, rank=coll.rank, size=coll.size, epoch=epoch, train=False) as loader:
+        evaluate_batches(ctx.model, loader, task=plan.task, loss_fn=ctx.loss_fn, device=ctx.device, meter=meter,
+                         use_amp=ctx.use_amp, channels_last=ctx.channels_last, keys=keys, **collect)
+    if keys is not None and split not in ctx.scan_keys:
+        ctx.scan_keys[split] = keys
+    return _merged(coll, meter)
+
+
+def save_checkpoint(ctx: RankContext, state: TrainState, *, improved: bool) -> None:
+    """Rank 0 writes ``last.pt`` (the state, model, optimizer, schedule and every rank's generator states)
+    and, when the epoch ``improved`` on the best, ``best.pt``. Every rank must call it (one allgather)."""
+    plan, coll = ctx.plan, ctx.coll
+    rng_states = coll.allgather_object(checkpoints.rng_state())  # distributed: every rank's generators
+    if coll.rank != 0:
+        return
+    weights = {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}
+    common = {"task": plan.task, "class_names": plan.class_names, "epoch": state.epoch, "model": weights,
+              "monitor": ctx.monitor}
+    if improved:
+        checkpoints.save(plan.best_uri, {**common, "best": state.best, "best_epoch": state.best_epoch},
+                         s3_cfg=plan.s3)
+    checkpoints.save(plan.last_uri, {**common, **state.to_checkpoint(), "optimizer": ctx.optimizer.state_dict(),
+                                     "schedule": ctx.schedule.state_dict(), "world_size": coll.size,
+                                     "rng": rng_states}, s3_cfg=plan.s3)
+
+
+def finish(ctx: RankContext, state: TrainState) -> dict | None:
+    """After the last epoch, on every rank: test the best weights on the test split, gather what rank 0
+    reports (weight checksums, shard lists, a classifier's validation scores for its operating point), and
+    have rank 0 write the outputs. Returns rank 0's result (None elsewhere)."""
+    from classeg.training.outputs import Evaluation, write_outputs
+
+    plan, coll = ctx.plan, ctx.coll
     coll.barrier()  # distributed: best.pt is complete before anyone reads it
-    if best_epoch is not None and checkpoints.exists(best_uri, s3_cfg=s3_cfg):
-        model.load_state_dict(checkpoints.load(best_uri, s3_cfg=s3_cfg)["model"])
+    if state.best_epoch is not None and checkpoints.exists(plan.best_uri, s3_cfg=plan.s3):
+        ctx.model.load_state_dict(checkpoints.load(plan.best_uri, s3_cfg=plan.s3)["model"])
+    segment = plan.task == "segment"
     dice: list[float] = []
     samples: list[dict] = []
-    test_meter = validate("test", epoch=0, return_meter=True,
-                          **({"dice": dice, "samples": samples} if task == "segment" else {}))
-    test_meter.load_state(coll.allreduce_sum(test_meter.state()))
+    test_meter = validate(ctx, "test", **({"dice": dice, "samples": samples} if segment else {}))
     test = test_meter.compute()
-    if task == "classify":
-        report = test_meter.report(plan["class_names"])
-        test.update(confusion_matrix=report["confusion_matrix"], per_class=report["per_class"])
-    else:
+    if segment:
         dice = [d for part in coll.allgather_object(dice) for d in part]
-    checksums = coll.allgather_object(state_checksum(model))
-    shard_lists = None
-    if record:
-        from classeg.training.data import scan_id_from_key
-
-        gathered = coll.allgather_object({k: sorted(v) for k, v in shards.items()})
-        shard_lists = {split: [[scan_id_from_key(k) for k in part[split]] for part in gathered]
-                       for split in gathered[0]}
-    result = None
-    if rank == 0:
-        result = _finish(plan, model=model, history=history, test=test, dice=dice, samples=samples,
-                         best=best, best_epoch=best_epoch, monitor=monitor, start_epoch=start_epoch,
-                         stopped_early=stopped_early, initial=initial, checksums=checksums, shards=shard_lists,
-                         steps_per_epoch=steps_per_epoch, seconds=time.time() - started, engine=coll.name,
-                         world_size=size)
+    else:
+        report = test_meter.report(plan.class_names)
+        test.update(confusion_matrix=report["confusion_matrix"], per_class=report["per_class"])
+    evaluation = Evaluation(test=test, dice=dice, samples=samples,
+                            checksums=coll.allgather_object(state_checksum(ctx.model)),
+                            shards=_gathered_shards(ctx) if plan.recipe.record_shards else None,
+                            validation=None if segment else _validation_scores(ctx))
+    result = write_outputs(ctx, state, evaluation) if coll.rank == 0 else None
     coll.barrier()  # distributed: nobody exits (tearing down the group) while rank 0 still writes
     return result
 
 
-def _open(plan: dict, split: str, *, rank: int, size: int, epoch: int, train: bool):
+def _gathered_shards(ctx: RankContext) -> dict[str, list[list[str]]]:
+    """Per split, per rank: the scan ids its passes read (``train.record_shards``)."""
+    from classeg.training.data import scan_id_from_key
+
+    gathered = ctx.coll.allgather_object({k: sorted(v) for k, v in ctx.scan_keys.items()})
+    return {split: [[scan_id_from_key(k) for k in part[split]] for part in gathered] for split in gathered[0]}
+
+
+def _validation_scores(ctx: RankContext) -> tuple[np.ndarray, np.ndarray]:
+    """Every validation scan's label (N,) and class probabilities (N, K) under ``ctx.model``, from all ranks."""
+    scores: list = []
+    validate(ctx, "val", scores=scores)
+    batches = [batch for part in ctx.coll.allgather_object(scores) for batch in part]
+    labels = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, dtype=np.int64)
+    probabilities = (np.concatenate([b[1] for b in batches]) if batches
+                     else np.zeros((0, len(ctx.plan.class_names))))
+    return labels.astype(np.int64), probabilities.astype(np.float64)
+
+
+def _open(plan: TrainPlan, split: str, *, rank: int, size: int, epoch: int, train: bool):
     from classeg.training.data import open_loader
 
-    return open_loader(plan["data"][split], task=plan["task"], input_spec=plan["input_spec"],
-                       batch_size=int(plan["train"]["batch_size"]), rank=rank, size=size,
-                       seed=int(plan["train"]["seed"]), epoch=epoch, train=train,
-                       augment=bool(plan["train"]["augment"]))
+    return open_loader(plan.splits[split], task=plan.task, input_spec=plan.model.input_spec,
+                       batch_size=plan.recipe.batch_size, rank=rank, size=size, seed=plan.recipe.seed, epoch=epoch,
+                       train=train, augment=plan.recipe.augment)
 
 
-def _train_batches(plan: dict, *, rank: int, size: int, epoch: int, steps: int):
+def _train_batches(plan: TrainPlan, *, rank: int, size: int, epoch: int, steps: int):
     from classeg.training.data import epoch_batches
 
-    return epoch_batches(plan["data"]["train"], steps=steps, task=plan["task"], input_spec=plan["input_spec"],
-                         batch_size=int(plan["train"]["batch_size"]), rank=rank, size=size,
-                         seed=int(plan["train"]["seed"]), epoch=epoch, augment=bool(plan["train"]["augment"]))
-
-
-def _finish(plan: dict, *, model, history, test, dice, samples, best, best_epoch, monitor, start_epoch,
-            stopped_early, initial, checksums, shards, steps_per_epoch, seconds, engine, world_size) -> dict:
-    """Rank 0: the model artifact (in the run folder and the output's ``model/``), metrics.json, figures and
-    ``result.json``."""
-    import json
-
-    from classeg.artifact import read_bytes, save_artifact, write_bytes
-    from classeg.training.plots import write_evaluation
-
-    s3_cfg = plan.get("s3")
-    artifact_uri = join(plan["run_uri"], "model")
-    training = {"config": plan["config"], "run_id": plan["run_id"], "engine": engine, "world_size": world_size,
-                "best_epoch": best_epoch, "monitor": monitor, "best_value": best, "stopped_early": stopped_early,
-                "steps_per_epoch": steps_per_epoch, "class_weights": plan.get("class_weights")}
-    meta = save_artifact(artifact_uri, model=model, task=plan["task"], class_names=plan["class_names"],
-                         input_spec=plan["input_spec"], training=training, history=history,
-                         metrics={"split": "test", **test}, data=plan["fingerprint"], s3_cfg=s3_cfg)
-    written = write_evaluation(artifact_uri, task=plan["task"], metrics=test, class_names=plan["class_names"],
-                               history=history, dice=dice, samples=samples, s3_cfg=s3_cfg,
-                               extra={"split": "test", "model_id": meta["model_id"], "run_id": plan["run_id"],
-                                      "scans": plan["fingerprint"]["scans"]})
-    latest = join(plan["output"], "model")
-    for name in ["weights.pt", "model.json", *written]:  # the output's model/ is a copy of the latest run's
-        write_bytes(join(latest, name), read_bytes(join(artifact_uri, name), s3_cfg=s3_cfg), s3_cfg=s3_cfg)
-    result = {"run_id": plan["run_id"], "task": plan["task"], "artifact": artifact_uri, "latest_artifact": latest,
-              "model_id": meta["model_id"], "resumed": bool(plan.get("resume")), "start_epoch": start_epoch + 1,
-              "epochs_completed": history[-1]["epoch"] if history else 0, "best_epoch": best_epoch,
-              "monitor": monitor, "best_value": best, "stopped_early": stopped_early, "history": history,
-              "test": test, "initial_val": initial, "rank_checksums": checksums, "steps_per_epoch": steps_per_epoch,
-              "engine": engine, "world_size": world_size, "seconds": round(seconds, 1)}
-    if shards is not None:
-        result["shards"] = shards
-    from classeg.metrics import as_mapping
-
-    write_bytes(join(plan["run_uri"], "result.json"), json.dumps(as_mapping(result), indent=2, default=str).encode(),
-                s3_cfg=s3_cfg)
-    log.info("test %s: %s; artifact %s", plan["task"],
-             ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float) and k in (
-                 "accuracy", "balanced_accuracy", "roc_auc", "dice_tumour", "dice", "iou_tumour", "loss")),
-             artifact_uri)
-    return result
-
+    return epoch_batches(plan.splits["train"], steps=steps, task=plan.task, input_spec=plan.model.input_spec,
+                         batch_size=plan.recipe.batch_size, rank=rank, size=size, seed=plan.recipe.seed,
+                         epoch=epoch, augment=plan.recipe.augment)
