@@ -27,6 +27,8 @@ setup(
         "torch": ["torch", "torchvision"],
         "horovod": ["horovod==0.28.1"],
         "test": ["pytest", "moto[server]", "monai", "scikit-learn", "nbclient", "nbformat", "ipykernel"],
+        # `classeg synth --anatomy mni` reads the MNI152 template that nilearn ships in its wheel.
+        "synth": ["nilearn", "nibabel", "scipy"],
     },
     entry_points={"console_scripts": ["classeg=classeg.cli:main"]},
 )

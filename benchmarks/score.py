@@ -60,7 +60,7 @@ DISTINCT_PHANTOMS = 64
 def write_scans(folder: Path, count: int, size: int) -> list[Path]:
     import tifffile
 
-    from classeg.datasets import synthetic
+    from classeg import synthetic
 
     folder.mkdir(parents=True, exist_ok=True)
     existing = sorted(folder.glob("*.tif"))

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from classeg.config import load_config
-    from classeg.datasets import synthetic
+    from classeg import synthetic
     from classeg.etl import run_ingest
     from classeg.spark import get_spark
     from classeg.training import run_training

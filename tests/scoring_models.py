@@ -25,7 +25,7 @@ SEGMENTER_STEPS = 90
 def decoded_archive(root: Path, *, seed: int, count: int, image_size: int = SIZE):
     """write_archive(root) without broken files, decoded: (uint8 scans, has_tumor labels, exact masks, truth)."""
     from classeg import imaging
-    from classeg.datasets import synthetic
+    from classeg import synthetic
 
     truth = synthetic.write_archive(root, seed=seed, count=count, image_size=image_size, broken=False)
     scans = [imaging.to_uint8(imaging.decode_scan((root / entry["path"]).read_bytes(), entry["path"]))

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=None, help="number of patients (lgg, figshare)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=None, help="side of generated images (default: the layout's)")
+    p.add_argument("--anatomy", default="phantom", choices=["phantom", "mni"],
+                   help="phantom (default, shapes) or mni (the MNI152 template; needs the synth extra)")
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "synth"))
 

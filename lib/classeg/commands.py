@@ -10,11 +10,11 @@ log = logging.getLogger(__name__)
 
 
 def synth(args, cfg: Config) -> dict:
-    from classeg.datasets import synthetic
+    from classeg import synthetic
 
     truth = synthetic.write_dataset(args.layout, args.output, patients=args.patients, seed=args.seed,
-                                    image_size=args.image_size)
-    summary = {"layout": args.layout, "output": args.output, "files": truth["files"],
+                                    image_size=args.image_size, anatomy=args.anatomy)
+    summary = {"layout": args.layout, "anatomy": args.anatomy, "output": args.output, "files": truth["files"],
                "slices": len(truth["slices"]), "broken": len(truth.get("broken", []))}
     log.info("synth: wrote %(files)d files (%(slices)d slices) to %(output)s", summary)
     return summary

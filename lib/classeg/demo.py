@@ -235,7 +235,7 @@ def run_demo(workdir: str | os.PathLike, *, settings: DemoSettings | None = None
 
 
 def _synth(pipe: Pipeline, settings: DemoSettings) -> str:
-    from classeg.datasets import synthetic
+    from classeg import synthetic
 
     started = time.time()
     fp = _fingerprint("synth", settings.patients, settings.slices_per_patient, settings.synth_image_size,

@@ -12,7 +12,7 @@ import tifffile
 from classeg import imaging
 from classeg.cli import JobFailed, main
 from classeg.config import load_config
-from classeg.datasets import synthetic
+from classeg import synthetic
 from classeg.etl import read_errors, read_scan_table, run_ingest
 
 SIZE = 32

@@ -15,7 +15,7 @@ from classeg import imaging
 from classeg.archive import ArchiveError, Manifest, list_archive, objects_frame
 from classeg.cli import main
 from classeg.config import load_config
-from classeg.datasets import synthetic
+from classeg import synthetic
 from classeg.inference import TumorClassError
 from classeg.scoring import read_scores, run_score
 from s3util import FaultProxy, put_objects

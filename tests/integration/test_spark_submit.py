@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from classeg.datasets import synthetic
+from classeg import synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 

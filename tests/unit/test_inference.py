@@ -9,7 +9,7 @@ from PIL import Image
 
 from classeg import imaging
 from classeg.archive import list_archive, objects_frame
-from classeg.datasets import synthetic
+from classeg import synthetic
 from classeg.inference import (
     SCORE_COLUMNS,
     ClassSegPredictor,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from classeg import etl, imaging, scanwrite
-from classeg.datasets import synthetic
+from classeg import synthetic
 
 
 def test_chunk_plan_keeps_keys_together_and_covers_every_row():

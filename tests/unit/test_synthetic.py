@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import filecmp
+import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from classeg.datasets import synthetic
+from classeg import synthetic
+from classeg.synthetic import mni
 
 
 def _files(root: Path) -> list[str]:
@@ -356,6 +359,8 @@ def test_refuses_non_empty_output(tmp_path):
     (lambda out: synthetic.write_folders(out, size_range=(80, 40)), r"size_range.*\(80, 40\)"),
     (lambda out: synthetic.write_archive(out, formats=("gif",)), "gif"),
     (lambda out: synthetic.write_archive(out, image_size=8), "image_size.*8"),
+    (lambda out: synthetic.write_dataset("lgg", out, anatomy="atlas"), "anatomy.*'atlas'"),
+    (lambda out: synthetic.write_folders(out, anatomy="MNI"), "anatomy.*'MNI'"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_value(tmp_path, call, bad):
     with pytest.raises(ValueError, match=bad):
@@ -393,3 +398,206 @@ def test_archive_lgg_style_matches_the_lgg_training_data(tmp_path):
     assert {e["has_tumor"] for e in truth["slices"]} == {True, False}
     with pytest.raises(ValueError, match="style must be 'mixed' or 'lgg', got 'x'"):
         synthetic.write_archive(tmp_path / "b", style="x")
+
+
+# ------------------------------------------------------------------------------ mni anatomy (real template)
+
+@pytest.fixture(scope="module")
+def mni_lgg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mni") / "data"
+    truth = synthetic.write_lgg(root, patients=3, seed=7, image_size=64, slices_per_patient=(8, 10),
+                                anatomy="mni")
+    return root, truth
+
+
+def _feret_mm(mask: np.ndarray, pixel_mm: float) -> float:
+    """Largest distance between two mask pixels, edge to edge (centre distance plus one pixel), in mm."""
+    points = np.argwhere(mask).astype(float)
+    gaps = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)
+    return (gaps.max() + 1.0) * pixel_mm
+
+
+def test_mni_template_is_the_one_nilearn_ships():
+    path = mni.template_path()
+    assert path.name == "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    assert path.parent.as_posix().endswith("nilearn/datasets/data")
+    template = mni.load_template()
+    assert template.t1.shape == template.gm.shape == template.wm.shape and template.t1.ndim == 3
+    assert template.voxel_mm == (1.0, 1.0, 1.0)
+    assert len(template.deep_centres) > 1000 and len(template.surface_centres) > 1000
+
+
+def test_mni_lgg_layout_runs_and_masks(mni_lgg):
+    root, truth = mni_lgg
+    assert truth["anatomy"] == "mni" and truth["layout"] == "lgg"
+    n_slices = len(truth["slices"])
+    assert truth["files"] == len(_files(root)) == 2 * (2 * n_slices + 1)
+    for patient in truth["patients"]:
+        numbers = [e["slice_index"] for e in truth["slices"]
+                   if e["patient_id"] == patient["patient_id"] and e["has_tumor"]]
+        assert numbers == patient["tumor_slices"]
+        assert 2 <= len(numbers) < patient["slices"]  # tumour and non-tumour slices in every patient
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # one contiguous run
+        assert 1 not in numbers and patient["slices"] not in numbers
+    for entry in truth["slices"]:
+        image = tifffile.imread(root / entry["path"])
+        mask = tifffile.imread(root / entry["mask_path"])
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        assert entry["has_tumor"] == bool(mask.any()) and entry["mask_area_px"] == int((mask > 0).sum())
+        assert 200.0 / 64 <= entry["pixel_mm"] <= 220.0 / 64
+        if entry["has_tumor"]:
+            flair = image[..., 1].astype(float)
+            lesion = mask > 0
+            ring = _dilate(lesion, 2) & ~lesion
+            assert flair[lesion].mean() > flair[ring].mean() + 50  # FLAIR-hyperintense
+            if not entry["flair_copied_into"]:
+                assert flair[lesion].mean() > image[..., 0][lesion].mean() + 50  # dark in T1
+    # Slices of one patient are evenly spaced planes in the scanner frame.
+    for patient in truth["patients"]:
+        heights = [e["plane_z_mm"] for e in truth["slices"] if e["patient_id"] == patient["patient_id"]]
+        steps = np.diff(heights)
+        assert np.allclose(steps, steps[0]) and 1.0 - 1e-9 <= steps[0] <= 6.0 + 1e-9
+
+
+def test_mni_same_seed_same_bytes_different_seed_different(tmp_path):
+    def sample(name, seed):
+        root = tmp_path / name
+        synthetic.write_dataset("lgg", root, seed=seed, patients=2, image_size=32, slices_per_patient=(4, 4),
+                                anatomy="mni", duplicate_copy=False)
+        return {rel: (root / rel).read_bytes() for rel in _files(root)}
+
+    first, second, other = sample("a", 5), sample("b", 5), sample("c", 6)
+    assert first == second
+    scans = [{data for rel, data in files.items() if not rel.endswith(("_mask.tif", ".csv"))}
+             for files in (first, other)]
+    assert len(scans[0]) == 8 and scans[0].isdisjoint(scans[1])
+
+
+@pytest.mark.parametrize("kind", synthetic.LESION_KINDS)
+def test_mni_mask_is_exactly_where_the_lesion_changes_intensity(kind):
+    model = synthetic.anatomy_model("mni")
+    rng = np.random.default_rng(11)
+    head = model.random_head(rng)
+    lesion = model.random_lesion(rng, kind=kind)
+    [plane] = model.plan(head, lesion, [synthetic.SliceSpec(0.5, 1.0)])
+    contrasts = synthetic.CONTRASTS
+    with_lesion, mask = model.render(np.random.default_rng(3), size=96, head=head, lesion=lesion, plane=plane,
+                                     contrasts=contrasts)
+    without, no_mask = model.render(np.random.default_rng(3), size=96, head=head, lesion=None, plane=plane,
+                                    contrasts=contrasts)
+    assert mask.sum() >= 5 and not no_mask.any()
+    for channel in range(len(contrasts)):
+        assert np.array_equal(with_lesion[..., channel] != without[..., channel], mask)
+    flair = contrasts.index("FLAIR")
+    if kind == "low_grade_glioma":  # FLAIR-hyperintense everywhere in the mask
+        assert (with_lesion[..., flair][mask] > without[..., flair][mask] + 0.1).all()
+
+
+@pytest.mark.parametrize("kind", synthetic.LESION_KINDS)
+def test_mni_lesions_measure_9_to_22_mm_on_the_template_grid(kind):
+    model = synthetic.anatomy_model("mni")
+    template = model.template
+    rng = np.random.default_rng(5)
+    for _ in range(8):
+        lesion = model.random_lesion(rng, kind=kind)
+        # The template voxels whose centres fall inside the lesion, measured with the template's voxel size.
+        centre_voxel = np.round(template.world_to_voxel[:3, :3] @ lesion.centre_mm + template.world_to_voxel[:3, 3])
+        offsets = np.stack(np.meshgrid(*[np.arange(-12, 13)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+        voxels = centre_voxel + offsets
+        world = voxels * np.asarray(template.voxel_mm) + np.linalg.inv(template.world_to_voxel)[:3, 3]
+        offset = world - np.asarray(lesion.centre_mm)
+        distance = np.linalg.norm(offset, axis=1)
+        inside = distance < lesion.radius_along(offset / np.maximum(distance, 1e-9)[:, None])
+        points = world[inside]
+        assert (np.linalg.norm(points - lesion.centre_mm, axis=1) <= 11.0).all()  # within a 22 mm ball
+        for axis in range(3):
+            assert np.ptp(points[:, axis]) + template.voxel_mm[axis] >= 9.0  # holds a 9 mm ball
+        volume = inside.sum() * float(np.prod(template.voxel_mm))
+        assert 9.0 <= 2 * (3 * volume / (4 * np.pi)) ** (1 / 3) <= 22.0
+
+
+def test_mni_written_masks_are_at_most_22_mm_across(mni_lgg):
+    root, truth = mni_lgg
+    widest = {}
+    for entry in truth["slices"]:
+        if entry["has_tumor"]:
+            mask = tifffile.imread(root / entry["mask_path"]) > 0
+            width = _feret_mm(mask, entry["pixel_mm"])
+            assert width <= 22.0 + entry["pixel_mm"]
+            widest[entry["patient_id"]] = max(widest.get(entry["patient_id"], 0.0), width)
+    assert len(widest) == 3 and min(widest.values()) >= 9.0 - 2 * truth["slices"][0]["pixel_mm"]
+
+
+def test_mni_slices_look_like_the_template():
+    model = synthetic.anatomy_model("mni")
+    template = model.template
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        head = model.random_head(rng)
+        [plane] = model.plan(head, None, [synthetic.SliceSpec(float(rng.uniform(0.35, 0.65)))])
+        image, mask = model.render(rng, size=128, head=head, lesion=None, plane=plane, contrasts=("T1",))
+        assert not mask.any()
+        pixels = mni._plane_points(128, head.fov_mm, plane.z_mm)
+        posed = mni._sample(template.t1, template.world_to_voxel, head.to_template(pixels), outside=0.0)
+        straight = mni._sample(template.t1, template.world_to_voxel, pixels + np.asarray(mni.HEAD_CENTRE_MM),
+                               outside=0.0)
+        t1 = image[..., 0].ravel()
+        brain = posed > 15
+        assert brain.sum() > 0.3 * t1.size  # most of the image is brain
+        assert np.corrcoef(t1[brain], posed[brain])[0, 1] > 0.8  # the template, through the patient's pose
+        assert np.corrcoef(t1, straight)[0, 1] > 0.5  # and the unjittered template slice at that height
+
+
+def test_mni_all_layouts(tmp_path):
+    figshare = synthetic.write_figshare(tmp_path / "f", patients=3, seed=2, image_size=64, slices_per_patient=(2, 3),
+                                        anatomy="mni")
+    assert {e["label"] for e in figshare["slices"]} == {1, 2, 3}
+    for entry in figshare["slices"]:
+        with h5py.File(tmp_path / "f" / entry["path"], "r") as handle:
+            assert int(handle["cjdata"]["tumorMask"][()].sum()) == entry["mask_area_px"]
+    assert np.mean([e["has_tumor"] for e in figshare["slices"]]) >= 0.8
+    folders = synthetic.write_folders(tmp_path / "g", seed=1, classes=["yes", "no"], images_per_class=3,
+                                      size_range=(64, 64), anatomy="mni")
+    for entry in folders["slices"]:
+        assert entry["has_tumor"] == (entry["label_name"] == "yes")
+    archive = synthetic.write_archive(tmp_path / "a", seed=3, count=6, image_size=64, broken=False, anatomy="mni")
+    assert archive["files"] == 6 and {e["has_tumor"] for e in archive["slices"]} == {True, False}
+    assert all(e["mask_area_px"] == int(e["mask"].sum()) for e in archive["slices"])
+
+
+def test_synth_cli_anatomy_flag(tmp_path, capsys):
+    from classeg import cli
+
+    out = tmp_path / "d"
+    assert cli.main(["synth", "--layout", "folders", "--output", str(out), "--image-size", "32",
+                     "--anatomy", "mni"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["anatomy"] == "mni" and summary["files"] == len(_files(out)) == 66
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["synth", "--layout", "lgg", "--output", str(tmp_path / "e"), "--anatomy", "atlas"])
+    assert exit_info.value.code == 2 and "atlas" in capsys.readouterr().err
+
+
+def test_mni_bad_arguments():
+    model = synthetic.anatomy_model("mni")
+    rng = np.random.default_rng(0)
+    head = model.random_head(rng)
+    with pytest.raises(ValueError, match="'tumour'"):
+        model.random_lesion(rng, kind="tumour")
+    [plane] = model.plan(head, None, [synthetic.SliceSpec(0.5)])
+    with pytest.raises(ValueError, match="PD"):
+        model.render(rng, size=32, head=head, lesion=None, plane=plane, contrasts=("PD",))
+    with pytest.raises(ValueError, match="size.*8"):
+        model.render(rng, size=8, head=head, lesion=None, plane=plane, contrasts=("T1",))
+    with pytest.raises(ValueError, match="'atlas'"):
+        synthetic.anatomy_model("atlas")
+
+
+def test_mni_without_the_synth_extra_names_it_and_writes_nothing(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nilearn" else real_find_spec(name, *a))
+    monkeypatch.setattr(mni, "load_template", mni.load_template.__wrapped__)  # bypass the loaded copy
+    with pytest.raises(ImportError, match=r"classeg\[synth\]"):
+        synthetic.write_lgg(tmp_path / "d", patients=1, anatomy="mni")
+    assert not (tmp_path / "d").exists()

@@ -1,1 +1,1 @@
-"""Dataset layouts (one module each) and the synthetic scan generator."""
+"""Dataset layouts (one module each); the synthetic scan generator is classeg.synthetic."""
