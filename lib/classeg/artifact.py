@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -23,74 +23,26 @@ from typing import Any, Mapping
 import numpy as np
 
 from classeg import __version__
+from classeg.io.files import read_bytes, write_bytes
+from classeg.io.uri import join
+from classeg.labels import TumorClassError, tumor_class_names
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "classeg-model/1"
 TASKS = ("classify", "segment")
 WEIGHTS_NAME = "weights.pt"
 META_NAME = "model.json"
-NO_TUMOR_NAMES = ("no_tumor", "no", "notumor", "no tumor", "normal", "healthy")
 
 
-def default_tumor_classes(class_names) -> list[str]:
-    """Class names meaning tumour: every class except the recognised no-tumour names (``no_tumor``, ``no``,
-    ``notumor``, ``normal``, ``healthy``, and names starting with ``_NORMAL``)."""
-    return [n for n in class_names
-            if n.lower() not in NO_TUMOR_NAMES and not n.lower().strip("_ ").startswith("normal")]
-
-
-# ------------------------------------------------------------------------------------------- storage
-def is_s3(uri: str) -> bool:
-    """Whether ``uri`` names an S3 object or prefix (``s3://``, ``s3a://``, ``s3n://``): boto3 handles it."""
-    return uri.startswith(("s3://", "s3a://", "s3n://"))
-
-
-def local_path(uri: str) -> str:
-    """The filesystem path of a local URI (a plain path or ``file://``)."""
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
-def write_bytes(uri: str, data: bytes, *, s3_cfg: Any = None) -> None:
-    """Write a whole object/file: S3 with one PUT (transient failures retried as ``s3.max_attempts`` says),
-    local files via a temp file and rename, so nobody reads half a file."""
-    if is_s3(uri):
-        from classeg.archive import put_object
-
-        put_object(as_s3(uri), data, s3_cfg=s3_cfg)
-        return
-    path = local_path(uri)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
-def read_bytes(uri: str, *, s3_cfg: Any = None) -> bytes:
-    """Read a whole object/file (S3 GETs retried like classeg.archive.fetch); FileNotFoundError naming the URI
-    when it is absent."""
-    if is_s3(uri):
-        from classeg.archive import FetchError, fetch
-
-        try:
-            return fetch(as_s3(uri), s3_cfg=s3_cfg)
-        except FetchError as err:
-            if err.kind == "not_found":
-                raise FileNotFoundError(f"{uri} does not exist ({err})") from err
-            raise
-    path = local_path(uri)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{uri} does not exist")
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def as_s3(uri: str) -> str:
-    """An ``s3a://`` or ``s3n://`` URI (Hadoop's spellings) as the ``s3://`` URI boto3 code takes."""
-    return "s3://" + uri.split("://", 1)[1]
-
-
-def join(uri: str, name: str) -> str:
-    return uri.rstrip("/") + "/" + name
+def default_tumor_classes(class_names) -> list[str] | None:
+    """model.json's ``tumor_classes`` for these class names: :func:`classeg.labels.tumor_class_names`, or None
+    (logged) when the names cannot be mapped; scoring then asks for ``score.tumor_classes``."""
+    try:
+        return tumor_class_names(class_names)
+    except TumorClassError as err:
+        logger.warning("model.json gets no tumor_classes: %s", err)
+        return None
 
 
 # ------------------------------------------------------------------------------------------- artifacts

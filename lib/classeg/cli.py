@@ -15,13 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from classeg import __version__
-from classeg.config import ConfigError, load_config
+from classeg.config import load_config
+from classeg.errors import ConfigError, JobFailed
 
 log = logging.getLogger("classeg")
-
-
-class JobFailed(RuntimeError):
-    """A job ran but its outcome is a failure (error rate exceeded, nothing usable found)."""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from classeg.errors import ConfigError
+
 DEFAULT_PATH = Path(__file__).resolve().parent / "conf" / "local.yaml"
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -36,10 +38,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # Keys whose default is null but whose values are strings (paths, URIs, ids).
 _NULLABLE_STR = "nullable"
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is not acceptable; the message names it."""
 
 
 class Config:
@@ -212,6 +210,9 @@ def _validate(data: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be at least 1, got {data[section][name]!r}")
     if data["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be positive, got {data['train']['lr']!r}")
+    target = data["train"]["target_sensitivity"]
+    if not 0 < target <= 1:
+        raise ConfigError(f"train.target_sensitivity must be in (0, 1], got {target!r}")
 
 
 def load_config(conf_files: Iterable[str | os.PathLike] = (), overrides: Iterable[str] = (),

@@ -27,10 +27,15 @@ from types import ModuleType
 import pandas as pd
 import pyarrow as pa
 
-from classeg import __version__, artifact, scanwrite, split as splitting
+from classeg import __version__, scanwrite, split as splitting
 from classeg.config import Config
 from classeg.datasets import figshare, folders, lgg
-from classeg.archive import FetchError, delete_objects, fetch, list_archive, parse_uri, s3_client
+from classeg.archive import list_archive
+from classeg.errors import FetchError
+from classeg.io import files, uri as uris
+from classeg.io.files import fetch
+from classeg.io.s3 import client as s3_client
+from classeg.io.uri import parse_uri
 from classeg.datasets.common import is_hidden
 from classeg.imaging import DecodeError
 
@@ -338,9 +343,9 @@ def list_s3(input_uri: str, *, s3_cfg=None) -> tuple[str, list[str]] | None:
     retried): (root, ``s3://bucket/key`` paths), or None for any other scheme. Needs no Hadoop S3 filesystem,
     so local Spark can ingest from S3 too. Like Spark's file index, it does not list names starting with
     ``.``; names starting with ``_`` are listed. A prefix without objects raises ArchiveError naming it."""
-    if not artifact.is_s3(input_uri):
+    if not uris.is_s3(input_uri):
         return None
-    objects = list(list_archive(artifact.as_s3(input_uri), s3_cfg=s3_cfg))
+    objects = list(list_archive(uris.as_s3(input_uri), s3_cfg=s3_cfg))
     first = objects[0]  # list_archive raises for a prefix with nothing under it
     root = first.uri[:len(first.uri) - len(first.key) - 1]
     return root, sorted(info.uri for info in objects)
@@ -511,8 +516,8 @@ def _hadoop_fs(spark, uri: str):
 def write_text(spark, uri: str, text: str, *, s3_cfg=None) -> None:
     """Write a small text file: S3 through boto3 (as the tasks write the table there), any other filesystem
     (local, HDFS) through Spark's filesystem layer."""
-    if artifact.is_s3(uri):
-        artifact.write_bytes(uri, text.encode("utf-8"), s3_cfg=s3_cfg)
+    if uris.is_s3(uri):
+        files.write_text(uri, text, s3_cfg=s3_cfg)
         return
     path, fs = _hadoop_fs(spark, uri)
     stream = fs.create(path, True)
@@ -524,8 +529,8 @@ def write_text(spark, uri: str, text: str, *, s3_cfg=None) -> None:
 
 def delete_path(spark, uri: str, *, s3_cfg=None) -> None:
     """Delete a file or folder (recursively) if it exists: S3 through boto3, others through Spark's layer."""
-    if artifact.is_s3(uri):
-        delete_objects(artifact.as_s3(uri), s3_cfg=s3_cfg)
+    if uris.is_s3(uri):
+        files.delete(uri, s3_cfg=s3_cfg)
         return
     path, fs = _hadoop_fs(spark, uri)
     if fs.exists(path):
@@ -558,7 +563,7 @@ def write_issues(spark, issues: pd.DataFrame, *, output: str, folder: str, base:
         return
     delete_path(spark, f"{output}/{folder}", s3_cfg=s3_cfg)
     table = pa.Table.from_pandas(plain, schema=ERRORS_SCHEMA, preserve_index=False)
-    scanwrite.write_parquet(table, artifact.join(base, f"{folder}/{scanwrite.part_name(0)}"), s3_cfg=s3_cfg)
+    scanwrite.write_parquet(table, uris.join(base, f"{folder}/{scanwrite.part_name(0)}"), s3_cfg=s3_cfg)
 
 
 def read_scan_table(spark, uri: str):
@@ -592,7 +597,7 @@ def run_ingest(spark, cfg: Config) -> dict:
     """
     from pyspark import StorageLevel
 
-    from classeg.cli import JobFailed
+    from classeg.errors import JobFailed
 
     job = cfg.ingest
     if not job.input or not job.output:
@@ -616,7 +621,7 @@ def run_ingest(spark, cfg: Config) -> dict:
     lap("list")
     mode = read_mode(to_decode["path"], job.read)
     base = scanwrite.writable_base(output) if mode == "tasks" else None
-    staging = artifact.join(base, f"{scanwrite.STAGING_PREFIX}{run_id}") if base else None
+    staging = uris.join(base, f"{scanwrite.STAGING_PREFIX}{run_id}") if base else None
     decoded, parts, plan_broadcast = decode_files(spark, raw, to_decode, dataset=job.dataset,
                                                   image_size=job.image_size, mode=mode, partitions=job.partitions,
                                                   s3_cfg=cfg, staging=staging, fetch_threads=job.fetch_threads)
@@ -647,7 +652,7 @@ def run_ingest(spark, cfg: Config) -> dict:
         if staging:
             delete_path(spark, f"{output}/{SCANS_DIR}", s3_cfg=cfg)
             written = finalize_scans(spark, units, meta, parts=parts, staging=staging,
-                                     scans=artifact.join(base, SCANS_DIR), dataset=job.dataset, s3_cfg=cfg)
+                                     scans=uris.join(base, SCANS_DIR), dataset=job.dataset, s3_cfg=cfg)
             if written != len(units):  # every resolved scan must be in exactly one staging file
                 raise RuntimeError(f"ingest bug: {len(units)} scans resolved but {written} written")
         else:

@@ -49,7 +49,12 @@ import numpy as np
 import pandas as pd
 
 from classeg import imaging
-from classeg.archive import FetchError, OBJECT_COLUMNS, fetch, parse_uri, s3_client
+from classeg.archive import OBJECT_COLUMNS
+from classeg.errors import FetchError
+from classeg.labels import TumorClassError, tumor_class_names
+from classeg.io.files import fetch
+from classeg.io.s3 import client as s3_client
+from classeg.io.uri import parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +77,6 @@ SCORES_SCHEMA_DDL = (
     "width int, classifier_id string, segmenter_id string, scored_at timestamp")
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-
-# Words that give a class name a tumour meaning ("oma" covers glioma, meningioma, astrocytoma, ependimoma, ...)
-# and names that mean "no tumour". A classifier whose classes match neither needs score.tumor_classes.
-_TUMOR_WORDS = ("tumor", "tumour", "oma", "pituitary", "lesion", "yes", "positive", "abnormal", "malignant",
-                "benign", "metasta", "cancer", "neoplasm", "lgg", "hgg")
-_NO_TUMOR_WORDS = ("no_tumor", "no_tumour", "notumor", "notumour", "no tumor", "no tumour", "no", "normal",
-                   "healthy", "negative", "none", "nontumor", "non_tumor", "control")
-
-
-class TumorClassError(ValueError):
-    """The classifier's classes cannot be mapped to tumour / no tumour; the message says what to set."""
-
 
 # ---------------------------------------------------------------------------------------------- settings
 
@@ -171,48 +164,50 @@ def _task_threads(requested: int) -> int:
 
 # ---------------------------------------------------------------------------------------------- tumour classes
 
-def _has_tumor_meaning(name: str) -> bool:
-    lower = name.lower().strip()
-    stripped = lower.strip("_ ")
-    return lower in _NO_TUMOR_WORDS or stripped.startswith("normal") or any(word in lower for word in _TUMOR_WORDS)
+# What model.json files written before classeg.labels listed as tumour: every class but a few no-tumour names,
+# so ["no_tumour", "tumour"] listed both. Such a list is recognised and replaced by the vocabulary's answer.
+_LEGACY_NO_TUMOR_NAMES = ("no_tumor", "no", "notumor", "no tumor", "normal", "healthy")
+
+
+def _legacy_default(names: Sequence[str]) -> list[str]:
+    return [name for name in names if name.lower() not in _LEGACY_NO_TUMOR_NAMES
+            and not name.lower().strip("_ ").startswith("normal")]
 
 
 def resolve_tumor_classes(class_names: Sequence[str], meta_tumor_classes: Sequence[str] | None,
                           override: Sequence[str] = ()) -> list[int]:
     """Indices of the classes meaning tumour.
 
-    ``override`` (config ``score.tumor_classes``) wins when non-empty; otherwise model.json's
-    ``tumor_classes``. The model.json list is only trusted when the class names themselves have a tumour /
-    no-tumour meaning (``no_tumor``/``tumor``, ``yes``/``no``, tumour types such as ``glioma``) or the list
-    differs from what :func:`classeg.artifact.default_tumor_classes` would derive (someone chose it).
-    Raises :class:`TumorClassError` naming the classes when the mapping is missing, unknown or empty.
+    ``override`` (config ``score.tumor_classes``) wins when non-empty. Otherwise model.json's
+    ``tumor_classes`` when someone chose it, else :func:`classeg.labels.tumor_class_names`. A model.json
+    list equal to what classeg derived before the shared vocabulary existed is not a choice: the vocabulary
+    decides (old artifacts listed both classes of ``["no_tumour", "tumour"]``). Raises
+    :class:`~classeg.labels.TumorClassError` naming the classes when the mapping is missing, unknown or empty.
     """
-    from classeg.artifact import default_tumor_classes
-
     names = list(class_names)
     if override:
-        unknown = [name for name in override if name not in names]
-        if unknown:
-            raise TumorClassError(f"score.tumor_classes {list(override)} names classes the classifier does not "
-                                  f"have: {unknown}; its classes are {names}")
-        chosen = list(override)
+        chosen, source = list(override), "score.tumor_classes"
     else:
-        chosen = list(meta_tumor_classes) if meta_tumor_classes is not None else default_tumor_classes(names)
-        unknown = [name for name in chosen if name not in names]
-        if unknown:
-            raise TumorClassError(f"model.json tumor_classes {chosen} names classes the classifier does not have: "
-                                  f"{unknown}; its classes are {names}")
-        explicit = meta_tumor_classes is not None and list(meta_tumor_classes) != default_tumor_classes(names)
-        meaningless = [name for name in names if not _has_tumor_meaning(name)]
-        if meaningless and not explicit:
-            raise TumorClassError(
-                f"the classifier's classes {names} have no tumour / no-tumour meaning ({meaningless} are neither a "
-                "tumour type nor a no-tumour name) and its model.json sets no tumour mapping: say which classes "
-                "mean tumour with score.tumor_classes, e.g. --set score.tumor_classes=" + ",".join(names[:1]))
+        chosen, source = _chosen_tumor_classes(names, meta_tumor_classes), "model.json tumor_classes"
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        raise TumorClassError(f"{source} {chosen} names classes the classifier does not have: {unknown}; its "
+                              f"classes are {names}")
     if not chosen:
         raise TumorClassError(f"no class of {names} means tumour: nothing would ever be segmented; set "
                               "score.tumor_classes")
     return [names.index(name) for name in chosen]
+
+
+def _chosen_tumor_classes(names: list[str], meta_tumor_classes: Sequence[str] | None) -> list[str]:
+    chose = meta_tumor_classes is not None and list(meta_tumor_classes) != _legacy_default(names)
+    try:
+        derived = tumor_class_names(names)
+    except TumorClassError:
+        if chose:
+            return list(meta_tumor_classes)
+        raise
+    return list(meta_tumor_classes) if chose else derived
 
 
 # ---------------------------------------------------------------------------------------------- predictor

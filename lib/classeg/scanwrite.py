@@ -16,7 +16,6 @@ S3: one PUT), so a retried or speculative task replaces its own file instead of 
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Any
 
 import numpy as np
@@ -25,8 +24,8 @@ import pyarrow as pa
 import pyarrow.ipc  # noqa: F401 (pa.ipc)
 import pyarrow.parquet as pq
 
-from classeg import artifact
-from classeg.archive import parse_uri
+from classeg.io import files, uri as uris
+from classeg.io.uri import parse_uri
 
 STAGING_PREFIX = "_staging-"
 # The scan table's columns as Spark writes them (split is the partition folder, not a column).
@@ -91,24 +90,13 @@ def parquet_options(column_names) -> dict:
 def write_parquet(table: pa.Table, uri: str, *, s3_cfg: Any = None) -> None:
     """Write ``table`` as one Parquet file with :func:`parquet_options`, whole: a local file goes to a temp
     name and is renamed, an S3 object is one PUT, so readers never see half a file."""
-    if artifact.is_s3(uri):
+    if uris.is_s3(uri):
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, **parquet_options(table.column_names))
-        artifact.write_bytes(uri, sink.getvalue().to_pybytes(), s3_cfg=s3_cfg)
+        files.write_bytes(uri, sink.getvalue().to_pybytes(), s3_cfg=s3_cfg)
         return
-    path = artifact.local_path(uri)
-    tmp = _local_tmp(path)
-    try:
-        pq.write_table(table, tmp, **parquet_options(table.column_names))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _local_tmp(path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with files.atomic_local_file(parse_uri(uri).path) as temporary:
+        pq.write_table(table, temporary, **parquet_options(table.column_names))
 
 
 class StagingWriter:
@@ -120,13 +108,13 @@ class StagingWriter:
     it as Parquet cost more CPU than the whole finalize step."""
 
     def __init__(self, staging: str, partition: int, *, s3_cfg: Any = None):
-        self.uri = artifact.join(staging, staged_name(partition))
+        self.uri = uris.join(staging, staged_name(partition))
         self._s3_cfg = s3_cfg
-        if artifact.is_s3(self.uri):
-            self._tmp, self._sink = None, pa.BufferOutputStream()
+        if uris.is_s3(self.uri):
+            self._local, self._sink = None, pa.BufferOutputStream()
         else:
-            self._tmp = _local_tmp(artifact.local_path(self.uri))
-            self._sink = pa.OSFile(self._tmp, "wb")
+            self._local = files.atomic_local_file(parse_uri(self.uri).path)
+            self._sink = pa.OSFile(self._local.__enter__(), "wb")
         self._writer = pa.ipc.new_file(self._sink, STAGED_SCHEMA)
         self._open = True
 
@@ -143,19 +131,20 @@ class StagingWriter:
     def close(self) -> None:
         self._writer.close()
         self._open = False
-        if self._tmp is None:
-            artifact.write_bytes(self.uri, self._sink.getvalue().to_pybytes(), s3_cfg=self._s3_cfg)
+        if self._local is None:
+            files.write_bytes(self.uri, self._sink.getvalue().to_pybytes(), s3_cfg=self._s3_cfg)
             return
         self._sink.close()
-        os.replace(self._tmp, artifact.local_path(self.uri))
+        self._local.__exit__(None, None, None)  # fsync, then rename into place
 
     def abort(self) -> None:
         if not self._open:
             return
         self._open = False
         self._sink.close()
-        if self._tmp is not None and os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        if self._local is not None:
+            aborted = RuntimeError(f"staging file {self.uri} aborted")
+            self._local.__exit__(RuntimeError, aborted, None)  # removes the temporary file
 
     def __enter__(self) -> "StagingWriter":
         return self
@@ -175,11 +164,11 @@ def write_staged(decoded: pd.DataFrame, *, staging: str, partition: int, s3_cfg:
 
 def read_staged(staging: str, partition: int, *, s3_cfg: Any = None) -> pa.Table:
     """A staging file as an Arrow table: memory-mapped when local (no copy), read whole from S3."""
-    uri = artifact.join(staging, staged_name(partition))
-    if artifact.is_s3(uri):
-        source = pa.py_buffer(artifact.read_bytes(uri, s3_cfg=s3_cfg))
+    uri = uris.join(staging, staged_name(partition))
+    if uris.is_s3(uri):
+        source = pa.py_buffer(files.read_bytes(uri, s3_cfg=s3_cfg))
     else:
-        path = artifact.local_path(uri)
+        path = parse_uri(uri).path
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{uri} does not exist")
         source = pa.memory_map(path)
@@ -217,7 +206,7 @@ def finalize_part(partition: int, units: pd.DataFrame, *, staging: str, scans: s
         columns["mask"] = pa.chunked_array([masks.take(pa.array([row_of[p] for p in rows["mask_path"]]))
                                             if dataset != "folders" else pa.nulls(len(rows), pa.binary())])
         table = pa.Table.from_arrays([columns[field.name] for field in SCAN_SCHEMA], schema=SCAN_SCHEMA)
-        write_parquet(table, artifact.join(scans, f"split={split}/{part_name(partition)}"), s3_cfg=s3_cfg)
+        write_parquet(table, uris.join(scans, f"split={split}/{part_name(partition)}"), s3_cfg=s3_cfg)
         written += table.num_rows
     return written
 

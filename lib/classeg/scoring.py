@@ -12,7 +12,7 @@ Order of work (:class:`ScoreJob`), all on the driver except step 5:
 5. ``mapInPandas(classeg.inference.score_partition)`` and write ``<output>/run_date=D/run_id=R/`` (Parquet,
    mode overwrite: re-running a failed run id replaces its rows);
 6. read the run back: every pending object must be there exactly once; count statuses and error kinds;
-7. fail with :class:`classeg.cli.JobFailed` if the error rate passes ``score.max_error_rate`` (the run's
+7. fail with :class:`classeg.errors.JobFailed` if the error rate passes ``score.max_error_rate`` (the run's
    summary goes to ``<output>/_failed_runs/<run_id>.json``; nothing is recorded, so a re-run scores it all
    again); otherwise record the manifest (:meth:`classeg.archive.Manifest.record`) and then mark the run
    complete (``<output>/_runs/<run_id>.json`` with the summary).
@@ -44,15 +44,9 @@ from typing import Any
 
 import pandas as pd
 
-from classeg.archive import (
-    ArchiveLocation,
-    Manifest,
-    OBJECTS_SCHEMA_DDL,
-    list_archive,
-    mark_run_complete,
-    objects_frame,
-    parse_uri,
-)
+from classeg.archive import OBJECTS_SCHEMA_DDL, list_archive, objects_frame
+from classeg.io.uri import Location as ArchiveLocation, parse_uri
+from classeg.manifest import Manifest, mark_run_complete
 from classeg.config import Config
 from classeg.inference import ERROR_KINDS, SCORES_SCHEMA_DDL, ClassSegPredictor, ScoreSettings, score_partition
 
@@ -149,7 +143,7 @@ class ScoreJob:
             mask_threshold=score.mask_threshold, batch_size=score.batch_size,
             max_bytes=score.max_object_mb * 2**20, s3=cfg.s3.to_dict(), fetch_threads=score.fetch_threads,
             torch_threads=score.torch_threads, device=score.device, amp=score.amp, channels_last=score.channels_last)
-        from classeg.archive import _check_run_id  # the manifest's own rule for run ids
+        from classeg.manifest import _check_run_id  # the manifest's own rule for run ids
 
         _check_run_id(run_id)
         # Load on the driver once: checks tasks, weights checksums, architectures and the tumour mapping.
@@ -198,7 +192,7 @@ class ScoreJob:
     def run(self, spark) -> dict:
         """Run the job on ``spark``; returns the run summary (also logged and written with the run marker).
         Raises :class:`classeg.archive.ArchiveError` for an unusable archive or output and
-        :class:`classeg.cli.JobFailed` when the error rate passes ``score.max_error_rate``."""
+        :class:`classeg.errors.JobFailed` when the error rate passes ``score.max_error_rate``."""
         from classeg.spark import ensure_driver
 
         ensure_driver("ScoreJob.run")
@@ -209,7 +203,7 @@ class ScoreJob:
             self._restore(spark, previous)
 
     def _run(self, spark) -> dict:
-        from classeg.cli import JobFailed
+        from classeg.errors import JobFailed
 
         started = time.perf_counter()
         objects = objects_frame(list_archive(self.archive, s3_cfg=self.s3))
@@ -256,7 +250,7 @@ class ScoreJob:
         status, error, tumor) rows, or None for runs too large to collect)."""
         from pyspark.sql import functions as F
 
-        from classeg.cli import JobFailed
+        from classeg.errors import JobFailed
 
         partitions = self._partitions(spark, len(pending))
         target = run_path(self.output, self.run_date, self.run_id)

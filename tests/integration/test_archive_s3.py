@@ -9,8 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from classeg.archive import (ArchiveError, FetchError, Manifest, fetch, list_archive, mark_run_complete,
-                             objects_frame)
+from classeg.archive import list_archive, objects_frame
+from classeg.errors import ArchiveError, FetchError
+from classeg.io.files import fetch
+from classeg.manifest import Manifest, mark_run_complete
 from s3util import FaultProxy, put_objects, test_s3_cfg
 
 
@@ -177,7 +179,7 @@ def test_manifest_on_s3(s3, moto_endpoint):
     assert keys[0].startswith("scores/_manifest/2024-05-01T03-00Z-") and keys[0].endswith(".parquet")
     assert keys[1:] == ["scores/_runs/2024-05-01T03-00Z.json"]
 
-    s3.put_object(Bucket=output, Key="scores/_manifest/broken.parquet", Body=b"not parquet")
+    s3.write_bytes(Bucket=output, Key="scores/_manifest/broken.parquet", Body=b"not parquet")
     with pytest.raises(ArchiveError, match="scores/_manifest/broken.parquet"):
         Manifest.load(output_uri, s3_cfg=cfg)
 
@@ -186,24 +188,24 @@ def test_manifest_on_s3(s3, moto_endpoint):
 # --------------------------------------------------------------------------------------------- writes
 
 def test_put_object_and_delete_objects_under_a_prefix_only(s3, moto_endpoint):
-    """delete_objects removes the object and everything below it as a folder, in batches of 1000, and nothing
-    that merely shares the prefix as a string; put_object writes through the same retried calls."""
-    from classeg.archive import delete_objects, put_object
+    """files.delete removes the object and everything below it as a folder, in batches of 1000, and nothing
+    that merely shares the prefix as a string; files.write_bytes writes through the same retried calls."""
+    from classeg.io.files import delete, write_bytes
 
     bucket = _bucket(s3, "archive-deletes")
     cfg = test_s3_cfg(moto_endpoint)
     doomed = {f"tables/lgg/scans/split=train/part-{index:05d}.parquet": b"p" for index in range(1003)}
     kept = {"tables/lgg-old/summary.json": b"{}", "tables/lgg.json": b"{}", "tables/other/x": b"x"}
     put_objects(s3, bucket, {**doomed, **kept}, threads=8)
-    put_object(f"s3://{bucket}/tables/lgg", b"an object named like the folder", s3_cfg=cfg)
+    write_bytes(f"s3://{bucket}/tables/lgg", b"an object named like the folder", s3_cfg=cfg)
     assert fetch(f"s3://{bucket}/tables/lgg", s3_cfg=cfg) == b"an object named like the folder"
 
-    assert delete_objects(f"s3://{bucket}/tables/lgg/", s3_cfg=cfg) == len(doomed) + 1
+    assert delete(f"s3://{bucket}/tables/lgg/", s3_cfg=cfg) == len(doomed) + 1
     left = sorted(item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
                   for item in page.get("Contents", ()))
     assert left == sorted(kept)
-    assert delete_objects(f"s3://{bucket}/tables/lgg", s3_cfg=cfg) == 0  # nothing there: no error
+    assert delete(f"s3://{bucket}/tables/lgg", s3_cfg=cfg) == 0  # nothing there: no error
     with pytest.raises(ValueError, match="below the bucket"):
-        delete_objects(f"s3://{bucket}", s3_cfg=cfg)
+        delete(f"s3://{bucket}", s3_cfg=cfg)
     with pytest.raises(ValueError, match="one object"):
-        put_object(f"s3://{bucket}/tables/", b"x", s3_cfg=cfg)
+        write_bytes(f"s3://{bucket}/tables/", b"x", s3_cfg=cfg)

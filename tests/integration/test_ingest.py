@@ -10,7 +10,8 @@ import pytest
 import tifffile
 
 from classeg import imaging
-from classeg.cli import JobFailed, main
+from classeg.cli import main
+from classeg.errors import JobFailed
 from classeg.config import load_config
 from classeg import synthetic
 from classeg.etl import read_errors, read_scan_table, run_ingest

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 from classeg import imaging
-from classeg.archive import ArchiveError, Manifest, list_archive, objects_frame
+from classeg.archive import list_archive, objects_frame
+from classeg.errors import ArchiveError
+from classeg.manifest import Manifest
 from classeg.cli import main
 from classeg.config import load_config
 from classeg import synthetic

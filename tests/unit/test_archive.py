@@ -9,8 +9,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from classeg.archive import (OBJECT_COLUMNS, ArchiveError, ArchiveLocation, FetchError, Manifest, ObjectInfo,
-                             error_kind, fetch, list_archive, mark_run_complete, objects_frame, parse_uri, s3_client)
+from classeg.archive import OBJECT_COLUMNS, ObjectInfo, list_archive, objects_frame
+from classeg.errors import ArchiveError, FetchError, error_kind
+from classeg.io.files import fetch
+from classeg.io.s3 import client as s3_client
+from classeg.io.uri import Location as ArchiveLocation, parse_uri
+from classeg.manifest import Manifest, mark_run_complete
 
 
 # --------------------------------------------------------------------------------------------- parse_uri
@@ -211,7 +215,7 @@ def test_s3_client_settings_are_validated_and_cached(offline_aws):
     ({"read_timeout": 0}, "s3.read_timeout"),
     ({"endpoint_url": "127.0.0.1:5000"}, "s3.endpoint_url"),
     ({"endpont_url": "http://x"}, "endpont_url"),
-    (["endpoint_url"], "s3_cfg"),
+    (["endpoint_url"], "s3 settings must be a mapping"),
 ])
 def test_s3_client_rejects_bad_settings(cfg, message):
     with pytest.raises(ValueError, match=message):

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def _job_failed(err: Exception) -> Exception:
-    from classeg.cli import JobFailed  # the command layer's failure type: exit status 1 with the message
+    from classeg.errors import JobFailed  # the command layer's failure type: exit status 1 with the message
 
     return JobFailed(str(err))
 
