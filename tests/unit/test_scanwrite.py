@@ -116,7 +116,7 @@ def test_staging_writer_appends_batches_and_publishes_whole(tmp_path):
     writer = scanwrite.StagingWriter(staging, 3)
     for frame in (first, empty, nothing, second):
         writer.write(frame)
-    assert sorted(p.name for p in (tmp_path / "_staging-r").iterdir())[0].startswith("part-00003.arrow.tmp-")
+    assert sorted(p.name for p in (tmp_path / "_staging-r").iterdir())[0].startswith(".part-00003.arrow.")  # hidden temporary
     assert not (tmp_path / "_staging-r" / "part-00003.arrow").exists()  # not visible before close
     writer.close()
     assert [p.name for p in (tmp_path / "_staging-r").iterdir()] == ["part-00003.arrow"]
