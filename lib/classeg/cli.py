@@ -94,10 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "train"))
 
-    p = sub.add_parser("evaluate", help="evaluate a model artifact on a scan table")
-    p.add_argument("--model", required=True, help="model artifact directory (local or s3://)")
+    p = sub.add_parser("evaluate", help="evaluate a model artifact, or the Class-Seg pipeline, on a scan table",
+                       description="Either --model (one artifact alone: metrics.json and plots) or --classifier "
+                                   "and --segmenter (the Class-Seg pipeline: classseg_metrics.json and "
+                                   "classseg_slices/).")
+    p.add_argument("--model", default=None, help="model artifact directory (local or s3://), evaluated alone")
+    p.add_argument("--classifier", default=None, help="classifier artifact of the Class-Seg pipeline")
+    p.add_argument("--segmenter", default=None, help="segmenter artifact of the Class-Seg pipeline")
+    p.add_argument("--tumor-threshold", type=float, default=None,
+                   help="Class-Seg: classifier tumour threshold (default: model.json's operating point, else 0.5)")
     p.add_argument("--scans", required=True, help="scan table")
-    p.add_argument("--output", required=True, help="where metrics.json and plots go")
+    p.add_argument("--output", required=True, help="where the metrics (and plots or per-slice table) go")
     p.add_argument("--split", default="test", help="split to evaluate (default test; 'all' for every row)")
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "evaluate"))

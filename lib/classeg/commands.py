@@ -64,14 +64,58 @@ def train(args, cfg: Config) -> dict:
     return result
 
 
-def evaluate(args, cfg: Config) -> dict:
-    """`classeg evaluate --model URI --scans URI --output URI [--split test]`: metrics.json and figures."""
-    from classeg.spark import get_spark
-    from classeg.training import evaluate_artifact
+def _evaluate_mode(args) -> str:
+    """"model" or "classseg", from the flags given; ValueError for a mixture or an incomplete pair."""
+    pipeline = [flag for flag, value in (("--classifier", args.classifier), ("--segmenter", args.segmenter),
+                                         ("--tumor-threshold", args.tumor_threshold)) if value is not None]
+    if args.model is not None and pipeline:
+        raise ValueError(f"evaluate takes --model (one model alone) or --classifier and --segmenter (the Class-Seg "
+                         f"pipeline), not both: got --model with {', '.join(pipeline)}")
+    if args.model is not None:
+        return "model"
+    missing = [flag for flag, value in (("--classifier", args.classifier), ("--segmenter", args.segmenter))
+               if not value]
+    if len(missing) == 2:
+        raise ValueError("evaluate needs --model URI, or --classifier URI and --segmenter URI")
+    if missing:
+        raise ValueError(f"the Class-Seg evaluation needs --classifier URI and --segmenter URI; {missing[0]} is "
+                         "missing")
+    return "classseg"
 
-    spark = get_spark(cfg, app_name="classeg-evaluate")
-    return evaluate_artifact(spark, model=args.model, scans=args.scans, output=args.output, split=args.split,
-                             batch_size=cfg.score.batch_size, s3_cfg=cfg)
+
+def evaluate(args, cfg: Config) -> dict:
+    """`classeg evaluate`, in the mode the flags choose:
+
+    - ``--model URI --scans URI --output URI [--split test]``: one artifact alone; metrics.json and figures.
+    - ``--classifier URI --segmenter URI --scans URI --output URI [--split test] [--tumor-threshold T]``: the
+      Class-Seg pipeline at the classifier's operating point; classseg_metrics.json and classseg_slices/.
+      The tasks' settings (mask threshold, batch size, device, ...) are scoring's (the ``score`` section).
+    """
+    from classeg.spark import get_spark
+
+    if _evaluate_mode(args) == "model":
+        from classeg.training import evaluate_artifact
+
+        spark = get_spark(cfg, app_name="classeg-evaluate")
+        return evaluate_artifact(spark, model=args.model, scans=args.scans, output=args.output, split=args.split,
+                                 batch_size=cfg.score.batch_size, s3_cfg=cfg)
+    from classeg.evaluation import ClassSegEvaluation
+
+    score = cfg.score
+    settings = {"mask_threshold": score.mask_threshold, "batch_size": score.batch_size, "device": score.device,
+                "amp": score.amp, "channels_last": score.channels_last, "torch_threads": score.torch_threads,
+                "tumor_classes": tuple(score.tumor_classes)}
+    # Planned before the SparkSession starts: a missing or wrong artifact fails at once.
+    job = ClassSegEvaluation.plan(classifier=args.classifier, segmenter=args.segmenter, scans=args.scans,
+                                  output=args.output, split=args.split,
+                                  tumor_threshold_override=args.tumor_threshold, settings=settings, s3_cfg=cfg)
+    result = job.run(get_spark(cfg, app_name="classeg-evaluate"))
+    per_patient = result.get("per_patient") or {}
+    summary = {key: result[key] for key in ("output", "split", "slices", "tumor_slices", "threshold",
+                                            "threshold_source", "detection", "segmenter_dice_tumor",
+                                            "pipeline_dice_tumor", "false_alarm_masks")}
+    summary["per_patient_dice"] = {key: per_patient.get(key) for key in ("dice_mean", "dice_median")}
+    return summary
 
 
 def score(args, cfg: Config) -> dict:
