@@ -67,7 +67,7 @@ def tumor_threshold(meta: dict, override: float | None = None) -> tuple[float, s
         point = meta.get("operating_point")
         if isinstance(point, dict) and point.get("threshold") is not None:
             split = point.get("split") or "val"
-            threshold, source = point["threshold"], f"model.json operating_point (chosen on the {split} split)"
+            threshold, source = point["threshold"], f"model.json operating_point, chosen on the {split} split"
         else:
             reason = meta.get("operating_point_reason") or "model.json has no operating_point"
             threshold, source = DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} ({reason})"

@@ -6,11 +6,13 @@ The page is self-contained: plain HTML and CSS, images as relative PNG files, no
 numbers for machines.
 
 Where the inputs are: ``<workdir>/pipeline.json`` (written by ``classeg demo``) maps stage names to locations
-(``scans``, ``classifier``, ``segmenter``, ``scores``, ``archive_truth``); without it, or for stages it does
-not name, the conventional places are used: ``scans/``, ``models/classifier``, ``models/segmenter``,
-``scores/`` and ``data/archive_truth.json``. A model location may be the artifact itself (a folder with
-``model.json``) or a training output folder holding one somewhere below it (the newest is used). Missing
-inputs make their sections say "not available" and why; the report never fails because a stage has not run.
+(``scans``, ``classifier``, ``segmenter``, ``scores``, ``archive_truth``, ``evaluation``); without it, or for
+stages it does not name, the conventional places are used: ``scans/``, ``models/classifier``,
+``models/segmenter``, ``scores/``, ``data/archive_truth.json`` and ``evaluation/`` (a ``classeg evaluate
+--classifier --segmenter`` output: its ``classseg_metrics.json`` and ``classseg_slices/``). A model location
+may be the artifact itself (a folder with ``model.json``) or a training output folder holding one somewhere
+below it (the newest is used). Missing inputs make their sections say "not available" and why; the report
+never fails because a stage has not run.
 
 Figures for the models are recomputed here from the test split of the scan table (at most
 ``max_eval_scans`` scans, in scan-table order), so the confusion matrix, ROC curve, per-class table and Dice
@@ -23,9 +25,9 @@ selecting only the columns needed.
 
 Modules: ``sources`` (where the inputs are), ``loading`` (reading them), ``evaluation`` (the test-split
 recomputation), one module per section (``dataset``, ``classifier`` with ``operating_point``, ``segmenter``,
-``scoring``, ``errors``, ``pipeline``), ``markup`` (HTML pieces) and ``page`` (assembly). A section is a
-:class:`~classeg.report.section.Section` listed in ``page.SECTIONS``. Figures come from :mod:`classeg.plots`,
-which training's figures use too.
+``classseg`` (the end-to-end evaluation), ``scoring``, ``errors``, ``pipeline``), ``markup`` (HTML pieces)
+and ``page`` (assembly). A section is a :class:`~classeg.report.section.Section` listed in ``page.SECTIONS``.
+Figures come from :mod:`classeg.plots`, which training's figures use too.
 """
 from classeg.report.page import build_report
 from classeg.report.sources import Sources, find_artifact, locate

@@ -13,6 +13,7 @@ from typing import Any
 
 from classeg.artifact import json_default
 from classeg.report.classifier import SECTION as CLASSIFIER
+from classeg.report.classseg import SECTION as CLASSSEG
 from classeg.report.dataset import SECTION as DATASET
 from classeg.report.errors import SECTION as ERRORS
 from classeg.report.markup import CSS, esc, fmt, missing
@@ -28,7 +29,7 @@ REPORT_DIR = "report"
 INDEX_NAME = "index.html"
 SUMMARY_NAME = "summary.json"
 # Page order; the key-number strip follows it too.
-SECTIONS: tuple[Section, ...] = (DATASET, CLASSIFIER, SEGMENTER, SCORING, ERRORS, PIPELINE)
+SECTIONS: tuple[Section, ...] = (DATASET, CLASSIFIER, SEGMENTER, CLASSSEG, SCORING, ERRORS, PIPELINE)
 
 
 def _clear(out: Path) -> None:

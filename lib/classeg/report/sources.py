@@ -7,9 +7,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from classeg.evaluation.classseg import METRICS_NAME as CLASSSEG_METRICS
+
 PIPELINE_NAME = "pipeline.json"
 DEFAULT_LOCATIONS = {"scans": "scans", "classifier": "models/classifier", "segmenter": "models/segmenter",
-                     "scores": "scores", "archive_truth": "data/archive_truth.json"}
+                     "scores": "scores", "archive_truth": "data/archive_truth.json", "evaluation": "evaluation"}
 
 
 @dataclass
@@ -22,6 +24,7 @@ class Sources:
     segmenter: Path | None = None
     scores: Path | None = None
     archive_truth: Path | None = None
+    evaluation: Path | None = None  # a `classeg evaluate --classifier --segmenter` output folder
     pipeline: dict = field(default_factory=dict)
 
 
@@ -75,5 +78,6 @@ def locate(workdir: str | os.PathLike) -> Sources:
         segmenter=find_artifact(paths["segmenter"], "segment"),
         scores=paths["scores"] if paths["scores"].is_dir() else None,
         archive_truth=paths["archive_truth"] if paths["archive_truth"].is_file() else None,
+        evaluation=paths["evaluation"] if (paths["evaluation"] / CLASSSEG_METRICS).is_file() else None,
         pipeline=pipeline if isinstance(pipeline, dict) else {},
     )
