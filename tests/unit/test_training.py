@@ -16,6 +16,7 @@ import torch
 from classeg import imaging
 from classeg.artifact import save_artifact
 from classeg.config import ConfigError, load_config
+from classeg.io import files
 from classeg.training import checkpoints
 from classeg.training.checkpoints import TrainState, upgrade_metric_names
 from classeg.training.collectives import LocalCollectives, for_engine
@@ -240,7 +241,7 @@ def test_checkpoint_round_trip_and_rng_state(tmp_path):
     checkpoints.set_rng_state(loaded["rng"][0])
     assert torch.equal(torch.rand(3), expected[0])
     np.testing.assert_array_equal(np.random.rand(3), expected[1])
-    assert checkpoints.exists(uri) and not checkpoints.exists(str(tmp_path / "nothing.pt"))
+    assert files.exists(uri) and not files.exists(str(tmp_path / "nothing.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable torch checkpoint"):
         checkpoints.load(str(tmp_path / "junk.pt"))

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from classeg.artifact import join, read_bytes, write_bytes
+from classeg.io.files import read_bytes, write_bytes
+from classeg.io.uri import join
 
 FORMAT = "classeg-checkpoint/1"
 LAST = "last.pt"
@@ -93,15 +94,6 @@ def upgrade_metric_names(entry: dict) -> dict:
 
 def checkpoint_dir(run_uri: str) -> str:
     return join(run_uri, "checkpoints")
-
-
-def exists(uri: str, *, s3_cfg: Any = None) -> bool:
-    """Whether a checkpoint file/object exists (reads it; checkpoints are read whole anyway)."""
-    try:
-        read_bytes(uri, s3_cfg=s3_cfg)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def save(uri: str, checkpoint: dict, *, s3_cfg: Any = None) -> None:

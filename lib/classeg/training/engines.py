@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import logging
 
-from classeg.artifact import join, read_bytes
+from classeg.io.files import read_bytes
+from classeg.io.uri import join
 from classeg.training.plan import TrainPlan
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from classeg.artifact import join, read_bytes, read_meta
+from classeg.artifact import read_meta
+from classeg.io.files import read_bytes
+from classeg.io.uri import is_s3, join, parse_uri
 from classeg.config import Config
 from classeg.training import checkpoints
 from classeg.training.data import SPLITS, SplitData, prepare_split, split_counts
@@ -46,15 +47,8 @@ def new_run_id() -> str:
 
 
 def _uri(location: str) -> str:
-    """Local paths made absolute (remote URIs unchanged)."""
-    if "://" in location and not location.startswith("file://"):
-        return location.rstrip("/")
-    path = location[len("file://"):] if location.startswith("file://") else location
-    return os.path.abspath(path)
-
-
-def _file_url(uri: str) -> str:
-    return uri if "://" in uri else "file://" + uri
+    """Local paths (plain or ``file://``) as absolute paths; S3 URIs as given, without a trailing slash."""
+    return location.rstrip("/") if is_s3(location) else parse_uri(location).path
 
 
 def input_spec(task: str, *, image_size: int, channels: int) -> dict:
@@ -107,7 +101,8 @@ def resolve_weights(weights: str | None, *, task: str, arch: str, head: str, bas
     try:
         content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a file that is not a state dict
-        raise ValueError(f"--weights {weights!r} is neither a classeg artifact nor a readable torch file: {err}") from err
+        raise ValueError(f"--weights {weights!r} is neither a classeg artifact nor a readable torch file: "
+                         f"{err}") from err
     if isinstance(content, dict) and content.get("format") == checkpoints.FORMAT:
         _check_source(weights, content.get("task"), content.get("class_names"), task=task, class_names=class_names)
         return {"kind": "full", "uri": weights}
@@ -134,7 +129,8 @@ def _check_splits(counts: dict, *, task: str, tumor_only: bool, scans: str, num_
         usable = entry["rows"]
         what = "rows"
         if task == "segment":
-            usable, what = (entry["tumor"], "tumour slices") if tumor_only and split != "test" else (entry["masks"], "slices with masks")
+            usable, what = ((entry["tumor"], "tumour slices") if tumor_only and split != "test"
+                            else (entry["masks"], "slices with masks"))
         if usable == 0:
             raise ValueError(f"the {split!r} split of scan table {scans!r} has no {what} ({entry['rows']} rows in "
                              f"the split; splits present: "
@@ -226,7 +222,7 @@ def run_training(spark, cfg: Config) -> dict:
     run_uri = join(output, f"runs/{run_id}")
     resume = _resumes(run_id, run_uri, task=task, class_names=class_names, s3_cfg=s3_settings)
 
-    cache = _file_url(_uri(train.cache_dir)) if train.cache_dir else _file_url(join(run_uri, "cache"))
+    cache = parse_uri(train.cache_dir or join(run_uri, "cache")).spark_uri
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache)
     spec = input_spec(task, image_size=train.image_size, channels=_channels(frame) if task == "segment" else 3)
     model = ModelSpec.from_train_config(config["train"], class_names=class_names, input_spec=spec, weights=weights,

@@ -472,11 +472,12 @@ def finish(ctx: RankContext, state: TrainState) -> dict | None:
     """After the last epoch, on every rank: test the best weights on the test split, gather what rank 0
     reports (weight checksums, shard lists, a classifier's validation scores for its operating point), and
     have rank 0 write the outputs. Returns rank 0's result (None elsewhere)."""
+    from classeg.io import files
     from classeg.training.outputs import Evaluation, write_outputs
 
     plan, coll = ctx.plan, ctx.coll
     coll.barrier()  # distributed: best.pt is complete before anyone reads it
-    if state.best_epoch is not None and checkpoints.exists(plan.best_uri, s3_cfg=plan.s3):
+    if state.best_epoch is not None and files.exists(plan.best_uri, s3_cfg=plan.s3):
         ctx.model.load_state_dict(checkpoints.load(plan.best_uri, s3_cfg=plan.s3)["model"])
     segment = plan.task == "segment"
     dice: list[float] = []

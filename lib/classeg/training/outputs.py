@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from classeg.artifact import join
+from classeg.io.uri import join
 
 if TYPE_CHECKING:
     from classeg.training.checkpoints import TrainState
@@ -110,7 +110,8 @@ def write_outputs(ctx: RankContext, state: TrainState, evaluation: Evaluation) -
     ``result.json``; returns the result dict."""
     import time
 
-    from classeg.artifact import read_bytes, save_artifact, write_bytes
+    from classeg.artifact import save_artifact
+    from classeg.io.files import read_bytes, write_bytes
     from classeg.metrics import as_mapping
     from classeg.plots import write_evaluation
 

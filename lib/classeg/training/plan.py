@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from classeg.artifact import join
+from classeg.io.uri import join
 from classeg.training import checkpoints
 from classeg.training.data import Shards
 
