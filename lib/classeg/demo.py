@@ -8,8 +8,10 @@ Stages, all in one process sharing one local SparkSession, each through the same
 2. ``ingest``: the scan table (``scans/``) at a small canonical size;
 3. ``train_classifier`` / ``train_segmenter``: ResNet18 classifier and ResUNet segmenter with the Horovod
    engine on local Spark, 2 processes (``models/classifier``, ``models/segmenter``);
-4. ``score``: Class-Seg scoring of the archive, incremental (``scores/``);
-5. ``report``: ``report/index.html`` and its PNGs.
+4. ``evaluate``: the two models as one Class-Seg pipeline on the scan table's test split, at the classifier's
+   operating point (``evaluation/``: ``classseg_metrics.json`` and ``classseg_slices/``);
+5. ``score``: Class-Seg scoring of the archive, incremental (``scores/``);
+6. ``report``: ``report/index.html`` and its PNGs.
 
 Re-running reuses finished work: each stage records a fingerprint of its inputs and settings in
 ``<workdir>/pipeline.json``; a stage whose fingerprint is unchanged and whose output is still complete is not
@@ -41,8 +43,8 @@ PIPELINE_NAME = "pipeline.json"
 DEMO_CONFIG_NAME = "demo-config.yaml"
 LOCATIONS = {"lgg": "data/lgg", "archive": "data/archive", "archive_truth": "data/archive_truth.json",
              "scans": "scans", "classifier": "models/classifier", "segmenter": "models/segmenter",
-             "scores": "scores", "report": "report"}
-STAGES = ("synth", "ingest", "train_classifier", "train_segmenter", "score", "report")
+             "evaluation": "evaluation", "scores": "scores", "report": "report"}
+STAGES = ("synth", "ingest", "train_classifier", "train_segmenter", "evaluate", "score", "report")
 
 
 @dataclass(frozen=True)
@@ -169,14 +171,14 @@ def _invoke(argv: Sequence[str], *, conf_files: Sequence[str], overrides: Sequen
 
 
 def stage_available(name: str) -> tuple[bool, str]:
-    """Whether this checkout has the code for a pipeline stage ("train", "score"); (ok, why not)."""
+    """Whether this checkout has the code for a pipeline stage ("train", "evaluate", "score"); (ok, why not)."""
     import importlib
     import importlib.util
 
     commands = importlib.import_module("classeg.commands")
     if not hasattr(commands, name):
         return False, f"`classeg {name}` is not implemented in this checkout (classeg.commands.{name} missing)"
-    module = {"train": "classeg.training", "score": "classeg.scoring"}.get(name)
+    module = {"train": "classeg.training", "evaluate": "classeg.evaluation", "score": "classeg.scoring"}.get(name)
     if module and importlib.util.find_spec(module) is None:
         return False, f"{module} is not in this checkout"
     return True, ""
@@ -215,6 +217,7 @@ def run_demo(workdir: str | os.PathLike, *, settings: DemoSettings | None = None
     models = {}
     for task, stage in (("classify", "train_classifier"), ("segment", "train_segmenter")):
         models[task] = _train(pipe, cfg, settings, task, stage, ingest_fp, call)
+    _evaluate(pipe, cfg, models, ingest_fp, call)
     _score(pipe, models, call)
     report = _report(pipe, call)
     total = time.time() - started
@@ -222,7 +225,7 @@ def run_demo(workdir: str | os.PathLike, *, settings: DemoSettings | None = None
                "stages": {name: {k: v for k, v in pipe.stages[name].items() if k != "fingerprint"}
                           for name in STAGES if name in pipe.stages},
                "outputs": {name: loc[name] for name in ("lgg", "archive", "archive_truth", "scans", "classifier",
-                                                        "segmenter", "scores")},
+                                                        "segmenter", "evaluation", "scores")},
                "report": report.get("index") if report else None,
                "key_numbers": (report or {}).get("key_numbers", {})}
     summary["outputs"].update({k: v["output"] for k, v in pipe.stages.items() if v.get("output")
@@ -336,6 +339,38 @@ def _artifact_location(result: Any, output: Path, task: str) -> str:
     if found is None:
         raise FileNotFoundError(f"training finished but no {task} model.json was found under {output}")
     return str(found)
+
+
+def _evaluate(pipe: Pipeline, cfg, models: dict, ingest_fp: str, call: Callable) -> None:
+    """The trained pair as one Class-Seg pipeline on the test split (or reuse the last evaluation of the same
+    models, table and settings)."""
+    from classeg.evaluation import METRICS_NAME
+
+    started = time.time()
+    available, why = stage_available("evaluate")
+    if not available:
+        pipe.record("evaluate", status="unavailable", seconds=0, note=why)
+        return
+    if not models.get("classify") or not models.get("segment"):
+        pipe.record("evaluate", status="skipped", seconds=0,
+                    note="needs both a classifier and a segmenter artifact (training did not run)")
+        return
+    output = Path(pipe.locations["evaluation"])
+    ids = {task: json.loads((Path(uri) / "model.json").read_text())["model_id"] for task, uri in models.items()}
+    fp = _fingerprint("evaluate", ingest_fp, ids, cfg.score.mask_threshold, cfg.score.tumor_classes)
+    previous = pipe.reusable("evaluate", fp)
+    if previous and (output / METRICS_NAME).is_file():
+        pipe.record("evaluate", status="reused", seconds=time.time() - started, output=str(output), fingerprint=fp,
+                    note=previous.get("note", ""))
+        return
+    result = call(["evaluate", "--classifier", models["classify"], "--segmenter", models["segment"],
+                   "--scans", pipe.locations["scans"], "--output", str(output), "--split", "test"])
+    detection = result["detection"]
+    note = (f"test split, {result['slices']} slices ({result['tumor_slices']} tumour) at tumour threshold "
+            f"{result['threshold']:.3f}: sensitivity {detection['sensitivity']:.3f}, specificity "
+            f"{detection['specificity']:.3f}, pipeline Dice {result['pipeline_dice_tumor']:.3f}")
+    pipe.record("evaluate", status="ran", seconds=time.time() - started, output=str(output), fingerprint=fp,
+                note=note)
 
 
 def _score(pipe: Pipeline, models: dict, call: Callable) -> None:

@@ -64,6 +64,12 @@ def test_first_run_produces_every_stage(runs):
             assert artifact is not None and (artifact / "weights.pt").is_file()
             assert json.loads((artifact / "model.json").read_text())["task"] == task
         assert "classifier_accuracy" in first["key_numbers"] and "segmenter_dice" in first["key_numbers"]
+        # The trained pair evaluated as one pipeline on the test split, and its report section.
+        assert stages["evaluate"]["status"] == "ran", stages["evaluate"]
+        evaluation = json.loads((work / "evaluation" / "classseg_metrics.json").read_text())
+        assert evaluation["split"] == "test" and evaluation["slices"] == summary["per_split"]["test"]
+        assert evaluation["segmenter_tumor_slices"] == evaluation["tumor_slices"] > 0
+        assert "classseg_sensitivity" in first["key_numbers"] and "End-to-end Class-Seg" in page
     else:  # TODO(issue 7): remove once classeg.training lands
         assert stages["train_classifier"]["status"] == "unavailable"
         assert "not implemented" in stages["train_classifier"]["note"] or "not in this checkout" in \
@@ -89,6 +95,7 @@ def test_second_run_reuses_everything(runs):
         for stage in ("train_classifier", "train_segmenter"):
             assert stages[stage]["status"] == "reused"
             assert stages[stage]["model_id"] == before[stage]["model_id"]
+        assert stages["evaluate"]["status"] == "reused"
     if TRAIN_READY and SCORE_READY:
         assert stages["score"]["status"] == "reused" and stages["score"]["scored"] == 0
         assert _score_rows(work / "scores") == runs["rows_after_first"]  # nothing rescored

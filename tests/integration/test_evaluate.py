@@ -13,6 +13,7 @@ import pytest
 
 from classeg import synthetic
 from classeg.cli import main
+from classeg.evaluation import SLICE_COLUMNS
 
 LOCAL = ["--set", "spark.master=local[2]"]
 
@@ -65,8 +66,11 @@ def _evaluate(setup, name: str, *flags: str) -> tuple[dict, list[dict]]:
     assert main(["evaluate", "--classifier", models["classifier"], "--segmenter", models["segmenter"],
                  "--scans", str(root / "scans"), "--output", str(out), "--split", "all", *flags, *LOCAL]) == 0
     document = json.loads((out / "classseg_metrics.json").read_text())
-    slices = pq.read_table(str(out / "classseg_slices")).to_pylist()
-    return document, slices
+    table = pq.read_table(str(out / "classseg_slices"))
+    assert table.schema.names == list(SLICE_COLUMNS)
+    assert [str(table.schema.field(n).type) for n in ("slice_index", "true_area_px", "segmenter_tp")] == [
+        "int32", "int64", "int64"]
+    return document, table.to_pylist()
 
 
 def _assert_metrics(document: dict, want: dict) -> None:

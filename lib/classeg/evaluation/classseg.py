@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classeg.evaluation.slices import INPUT_COLUMNS, SLICE_COLUMNS, SLICES_SCHEMA_DDL, evaluate_partition
+from classeg.evaluation.slices import (INPUT_COLUMNS, SLICE_COLUMNS, SLICES_ARROW_SCHEMA, SLICES_SCHEMA_DDL,
+                                      evaluate_partition)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def tumor_threshold(meta: dict, override: float | None = None) -> tuple[float, s
 
 
 def _check_split(rows, *, split: str, scans: str) -> int:
-    """Rows of the split, after checking there are some and that every tumour slice has a true mask."""
+    """The number of rows of the split, after checking there are some and that every tumour slice has a mask."""
     from pyspark.sql import functions as F
 
     counts = rows.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.when(
@@ -142,7 +143,7 @@ def _write(output: str, frame: pd.DataFrame, document: dict, *, s3_cfg: Any) -> 
     delete(join(output, METRICS_NAME), s3_cfg=s3_cfg)
     delete(join(output, SLICES_DIR), s3_cfg=s3_cfg)
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    pq.write_table(pa.Table.from_pandas(frame, schema=SLICES_ARROW_SCHEMA, preserve_index=False), buffer)
     write_bytes(join(output, SLICES_DIR, "part-00000.parquet"), buffer.getvalue(), s3_cfg=s3_cfg)
     write_bytes(join(output, METRICS_NAME), json.dumps(document, indent=2, default=str).encode(), s3_cfg=s3_cfg)
 

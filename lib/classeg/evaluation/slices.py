@@ -27,12 +27,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from classeg import imaging
 from classeg.metrics import segmentation_counts
 from classeg.metrics.segmentation import overlap_scores
 
-__all__ = ["INPUT_COLUMNS", "SLICE_COLUMNS", "SLICES_SCHEMA_DDL", "evaluate_partition", "evaluate_slices"]
+__all__ = ["INPUT_COLUMNS", "SLICE_COLUMNS", "SLICES_ARROW_SCHEMA", "SLICES_SCHEMA_DDL", "evaluate_partition",
+           "evaluate_slices"]
 
 #: Scan-table columns a task reads.
 INPUT_COLUMNS = ("scan_id", "patient_id", "slice_index", "has_tumor", "image", "mask")
@@ -44,6 +46,14 @@ SLICES_SCHEMA_DDL = (
     "scan_id string, patient_id string, slice_index int, has_tumor_source boolean, has_tumor_true boolean, "
     "true_area_px long, tumor_probability double, classified_tumor boolean, segmented boolean, "
     "segmenter_tp long, segmenter_fp long, segmenter_dice double, pipeline_dice double")
+#: The same as an Arrow schema, for the per-slice table the driver writes (Spark's toPandas turns nullable
+#: integers into floats; this turns them back).
+SLICES_ARROW_SCHEMA = pa.schema([
+    ("scan_id", pa.string()), ("patient_id", pa.string()), ("slice_index", pa.int32()),
+    ("has_tumor_source", pa.bool_()), ("has_tumor_true", pa.bool_()), ("true_area_px", pa.int64()),
+    ("tumor_probability", pa.float64()), ("classified_tumor", pa.bool_()), ("segmented", pa.bool_()),
+    ("segmenter_tp", pa.int64()), ("segmenter_fp", pa.int64()), ("segmenter_dice", pa.float64()),
+    ("pipeline_dice", pa.float64())])
 
 
 def _dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
