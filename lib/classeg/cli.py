@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from classeg import __version__
-from classeg.config import load_config
-from classeg.errors import ConfigError, JobFailed
+from classeg.config import CHOICES, load_config
+from classeg.errors import ConfigError, FetchError, JobFailed
 
 log = logging.getLogger("classeg")
 
@@ -30,7 +30,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _key(parser, flag: str, key: str, **kw) -> None:
-    """A flag that sets config key ``key``."""
+    """A flag that sets config key ``key``; a key with a closed set of values takes its choices from
+    :data:`classeg.config.CHOICES`, so they are written once."""
+    if key in CHOICES:
+        kw.setdefault("choices", CHOICES[key])
     parser.add_argument(flag, dest=f"cfg:{key}", default=None, **kw)
 
 
@@ -54,18 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write a synthetic dataset in a real on-disk layout")
-    p.add_argument("--layout", required=True, choices=["lgg", "figshare", "folders", "archive"])
+    from classeg.synthetic.layouts import ANATOMIES, LAYOUTS
+
+    p.add_argument("--layout", required=True, choices=LAYOUTS)
     p.add_argument("--output", required=True, help="folder to write (created)")
     p.add_argument("--patients", type=int, default=None, help="number of patients (lgg, figshare)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=None, help="side of generated images (default: the layout's)")
-    p.add_argument("--anatomy", default="phantom", choices=["phantom", "mni"],
+    p.add_argument("--anatomy", default=ANATOMIES[0], choices=ANATOMIES,
                    help="phantom (default, shapes) or mni (the MNI152 template; needs the synth extra)")
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "synth"))
 
     p = sub.add_parser("ingest", help="convert a scan dataset to the Parquet scan table")
-    _key(p, "--dataset", "ingest.dataset", choices=["lgg", "figshare", "folders"], help="dataset layout")
+    _key(p, "--dataset", "ingest.dataset", help="dataset layout")
     _key(p, "--input", "ingest.input", help="dataset root: local path, file:// or s3:// URI")
     _key(p, "--output", "ingest.output", help="scan table location (replaced whole on success)")
     _key(p, "--image-size", "ingest.image_size", type=int, help="canonical image side in pixels (default 256)")
@@ -77,14 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_command("classeg.commands", "ingest"))
 
     p = sub.add_parser("train", help="train a classifier or segmenter across Spark workers")
-    _key(p, "--task", "train.task", choices=["classify", "segment"])
+    _key(p, "--task", "train.task")
     _key(p, "--scans", "train.scans", help="scan table (ingest output)")
     _key(p, "--output", "train.output", help="where runs, checkpoints and the model artifact go")
-    _key(p, "--engine", "train.engine", choices=["horovod", "torch"], help="default horovod")
+    _key(p, "--engine", "train.engine", help="default horovod")
     _key(p, "--num-proc", "train.num_proc", type=int, help="training processes (default 2)")
-    _key(p, "--arch", "train.arch", choices=["resnet18", "resnet50"])
-    _key(p, "--head", "train.head", choices=["linear", "dense"])
-    _key(p, "--strategy", "train.strategy", choices=["frozen", "partial", "finetune"])
+    _key(p, "--arch", "train.arch")
+    _key(p, "--head", "train.head")
+    _key(p, "--strategy", "train.strategy")
     _key(p, "--weights", "train.weights", help="torchvision state dict path/s3 URI, or imagenet")
     _key(p, "--epochs", "train.epochs", type=int)
     _key(p, "--batch-size", "train.batch_size", type=int, help="per process")
@@ -155,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"classeg {args.command}: config error: {err}\n")
     try:
         result = args.run(args, cfg)
-    except (ConfigError, ValueError, FileNotFoundError, JobFailed) as err:
+    except (ConfigError, ValueError, FileNotFoundError, JobFailed, FetchError, ImportError) as err:
         log.error("%s failed: %s", args.command, err)
         print(f"classeg {args.command}: error: {err}", file=sys.stderr)
         return 1
