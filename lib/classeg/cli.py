@@ -50,6 +50,22 @@ def _command(module: str, function: str) -> Callable:
     return run
 
 
+def invoke(argv: Sequence[str], *, conf_files: Sequence[str] = (), overrides: Sequence[str] = ()):
+    """Run one ``classeg`` subcommand in this process with the CLI's own parsing and config precedence:
+    ``conf_files`` under the command's own ``--conf`` files, ``overrides`` on top of its ``--set``."""
+    args = build_parser().parse_args(list(argv))
+    values = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    cfg = load_config([*conf_files, *args.conf], [*overrides, *args.overrides], values)
+    return args.run(args, cfg)
+
+
+def _demo(args, cfg) -> dict:
+    """`classeg demo [--workdir DIR]`: the whole pipeline locally on synthetic scans; re-runs reuse work.
+    The demo's own config defaults sit under the user's --conf/--set (each stage rebuilds its config)."""
+    return importlib.import_module("classeg.demo").run_demo(args.workdir, invoke=invoke, conf_files=args.conf,
+                                                             overrides=args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classeg", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline locally on synthetic scans")
     p.add_argument("--workdir", default="demo-output", help="work directory (default ./demo-output)")
     _common(p)
-    p.set_defaults(run=_command("classeg.commands", "demo"))
+    p.set_defaults(run=_demo)
 
     try:
         emr = importlib.import_module("classeg.emr")

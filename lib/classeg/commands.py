@@ -42,14 +42,6 @@ def report(args, cfg: Config) -> dict:
             "key_numbers": summary["key_numbers"]}
 
 
-def demo(args, cfg: Config) -> dict:
-    """`classeg demo [--workdir DIR]`: the whole pipeline locally on synthetic scans; re-runs reuse work.
-    The demo's own config defaults sit under the user's --conf/--set (``cfg`` is rebuilt from them)."""
-    from classeg.demo import run_demo
-
-    return run_demo(args.workdir, conf_files=args.conf, overrides=args.overrides)
-
-
 def train(args, cfg: Config) -> dict:
     """`classeg train`: train a classifier or segmenter across Spark workers (Horovod or TorchDistributor).
     Returns rank 0's result; the artifact is ``<output>/runs/<run_id>/model`` (copied to ``<output>/model``)."""

@@ -158,26 +158,10 @@ class Pipeline:
         os.replace(tmp, self.path)
 
 
-def _invoke(argv: Sequence[str], *, conf_files: Sequence[str], overrides: Sequence[str]):
-    """Run a ``classeg`` subcommand in this process with the CLI's own parsing and config precedence, the
-    demo's config file under the user's ``--conf`` files and the user's ``--set`` overrides on top."""
-    from classeg.cli import build_parser
-    from classeg.config import load_config
-
-    args = build_parser().parse_args(list(argv))
-    values = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
-    cfg = load_config([*conf_files, *args.conf], [*overrides, *args.overrides], values)
-    return args.run(args, cfg)
-
-
 def stage_available(name: str) -> tuple[bool, str]:
     """Whether this checkout has the code for a pipeline stage ("train", "evaluate", "score"); (ok, why not)."""
-    import importlib
     import importlib.util
 
-    commands = importlib.import_module("classeg.commands")
-    if not hasattr(commands, name):
-        return False, f"`classeg {name}` is not implemented in this checkout (classeg.commands.{name} missing)"
     module = {"train": "classeg.training", "evaluate": "classeg.evaluation", "score": "classeg.scoring"}.get(name)
     if module and importlib.util.find_spec(module) is None:
         return False, f"{module} is not in this checkout"
@@ -185,13 +169,15 @@ def stage_available(name: str) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------------------------------------- the demo
-def run_demo(workdir: str | os.PathLike, *, settings: DemoSettings | None = None, conf_files: Sequence[str] = (),
-             overrides: Sequence[str] = ()) -> dict:
+def run_demo(workdir: str | os.PathLike, *, invoke: Callable[..., Any], settings: DemoSettings | None = None,
+             conf_files: Sequence[str] = (), overrides: Sequence[str] = ()) -> dict:
     """Run (or resume) the demo pipeline in ``workdir``; return a summary: ``workdir``, ``seconds``,
     ``stages`` (name -> status ran/reused/skipped/unavailable, seconds, output, note), ``outputs`` (name ->
     location), ``report`` (index.html) and ``key_numbers`` (from the report).
 
-    ``conf_files``/``overrides`` are the user's ``--conf``/``--set``; they win over the demo's defaults.
+    ``invoke(argv, conf_files=, overrides=)`` runs one ``classeg`` subcommand in this process (the CLI passes
+    :func:`classeg.cli.invoke`: the library does not import the CLI). ``conf_files``/``overrides`` are the
+    user's ``--conf``/``--set``; they win over the demo's defaults.
     The SparkSession is built by the first stage that needs one (an active session, e.g. a test's, is
     shared), so a re-run with everything reused starts no Spark at all."""
     from classeg.config import load_config
@@ -210,7 +196,7 @@ def run_demo(workdir: str | os.PathLike, *, settings: DemoSettings | None = None
     log.info("demo: work directory %s", root)
 
     def call(argv):
-        return _invoke(argv, conf_files=conf, overrides=overrides)
+        return invoke(argv, conf_files=conf, overrides=overrides)
 
     synth_fp = _synth(pipe, settings)
     ingest_fp = _ingest(pipe, cfg, synth_fp, call)

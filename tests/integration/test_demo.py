@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+from classeg.cli import invoke
 from classeg.demo import DemoSettings, run_demo, stage_available
 from classeg.report import find_artifact
 
@@ -28,13 +29,13 @@ def _score_rows(scores: Path) -> int:
 def runs(tmp_path_factory, spark):  # the session fixture: the demo shares the tests' SparkSession
     work = tmp_path_factory.mktemp("demo")
     started = time.perf_counter()
-    first = run_demo(work, settings=DemoSettings.tiny())
+    first = run_demo(work, invoke=invoke, settings=DemoSettings.tiny())
     first_seconds = time.perf_counter() - started
     pipeline_after_first = json.loads((work / "pipeline.json").read_text())
     rows_after_first = _score_rows(work / "scores")
     ingest_summary_first = json.loads((work / "scans" / "summary.json").read_text())
     started = time.perf_counter()
-    second = run_demo(work, settings=DemoSettings.tiny())
+    second = run_demo(work, invoke=invoke, settings=DemoSettings.tiny())
     second_seconds = time.perf_counter() - started
     return {"work": work, "first": first, "second": second, "first_seconds": first_seconds,
             "second_seconds": second_seconds, "pipeline_after_first": pipeline_after_first,
