@@ -26,10 +26,11 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from classeg import scanwrite  # noqa: E402
+from classeg import synthetic  # noqa: E402
 from classeg.config import load_config  # noqa: E402
-from classeg.datasets import lgg, synthetic  # noqa: E402
-from classeg.etl import run_ingest  # noqa: E402
+from classeg.datasets import lgg  # noqa: E402
+from classeg.ingest.job import run_ingest  # noqa: E402
+from classeg.ingest.write import write_parquet  # noqa: E402
 from classeg.spark import get_spark  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def plain_loop(root: Path, out: Path, image_size: int) -> int:
             rows.append({"source_uri": str(path), "image": image["image"], "mask": mask["mask"],
                          "has_tumor": mask["has_tumor"], "patient_id": lgg.patient_of(folder.name)})
     table = pa.Table.from_pandas(pd.DataFrame(rows))
-    scanwrite.write_parquet(table, str(out / "part-0.parquet"))  # the job's writer and options
+    write_parquet(table, str(out / "part-0.parquet"))  # the job's writer and options
     return len(rows)
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # s3util: the moto server helpers the t
 
 from classeg.config import load_config  # noqa: E402
 from classeg import synthetic  # noqa: E402
-from classeg.etl import run_ingest  # noqa: E402
+from classeg.ingest.job import run_ingest  # noqa: E402
 from classeg.spark import get_spark  # noqa: E402
 from s3util import aws_test_env, direct_client, put_objects, start_moto, stop_moto  # noqa: E402
 

@@ -67,7 +67,8 @@ def main(argv=None) -> int:
 
     from classeg.config import load_config
     from classeg import synthetic
-    from classeg.etl import read_scan_table, run_ingest
+    from classeg.ingest.job import run_ingest
+    from classeg.ingest.table import read_scan_table
     from classeg.spark import get_spark
     from classeg.training import run_training
     from classeg.training.data import open_loader, prepare_split, split_counts, task_frame

@@ -21,7 +21,7 @@ def synth(args, cfg: Config) -> dict:
 
 
 def ingest(args, cfg: Config) -> dict:
-    from classeg.etl import run_ingest
+    from classeg.ingest.job import run_ingest
     from classeg.spark import get_spark
 
     if not cfg.ingest.input or not cfg.ingest.output:

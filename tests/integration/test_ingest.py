@@ -14,7 +14,8 @@ from classeg.cli import main
 from classeg.errors import JobFailed
 from classeg.config import load_config
 from classeg import synthetic
-from classeg.etl import read_errors, read_scan_table, run_ingest
+from classeg.ingest.job import run_ingest
+from classeg.ingest.table import read_errors, read_scan_table
 
 SIZE = 32
 
@@ -134,6 +135,27 @@ def test_folders_class_names_verbatim_and_training_testing_honoured(spark, tmp_p
     assert set(rows.loc[rows.source_uri.str.contains("/Training/"), "split"]) == {"train", "val"}
     assert dict(zip(rows.label_name, rows.has_tumor)) == {"Astrocitoma T1C+": True, "Meningioma T2": True,
                                                           "_NORMAL T1": False}
+
+
+@pytest.mark.parametrize("classes, tumor", [
+    (["no_tumour", "tumour"], {"no_tumour": False, "tumour": True}),
+    (["negative", "positive"], {"negative": False, "positive": True}),
+    (["cat", "dog"], {"cat": None, "dog": None}),  # no tumour meaning: unknown, said so in the summary
+])
+def test_folders_has_tumor_follows_the_tumour_vocabulary(spark, tmp_path, classes, tumor):
+    truth = synthetic.write_folders(tmp_path / "f", seed=3, images_per_class=4, classes=classes)
+    summary = run_ingest(spark, _cfg("folders", tmp_path / "f", tmp_path / "table"))
+    rows, stored = _rows(spark, tmp_path / "table")
+    assert len(rows) == len(truth["slices"]) == 8 and stored["class_names"] == sorted(classes)
+    assert {name: (None if value is None or value != value else bool(value))
+            for name, value in zip(rows.label_name, rows.has_tumor)} == tumor
+    assert stored["tumor_scans"] == 4 * sum(1 for value in tumor.values() if value)
+    if None in tumor.values():
+        assert stored["has_tumor_note"].startswith("has_tumor is null: class names ['cat', 'dog']")
+    else:
+        assert stored["has_tumor_note"] == (f"has_tumor from the class names (classeg.labels): tumour classes "
+                                            f"{[name for name in sorted(classes) if tumor[name]]}")
+    assert stored == json.loads(json.dumps(summary))
 
 
 @pytest.fixture()
@@ -265,36 +287,37 @@ def test_task_reads_and_table_writes_against_s3(s3, s3_cfg, tmp_path):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from classeg import artifact, etl, scanwrite
+    from classeg.ingest import decode, listing as listings, resolve, write
+    from classeg.io.uri import join
 
     s3.create_bucket(Bucket="scans")
     truth = synthetic.write_lgg(tmp_path / "data", patients=2, seed=6, image_size=32, slices_per_patient=(3, 3),
                                 duplicate_copy=False)
-    local_root, paths = etl.list_local(str(tmp_path / "data"))
+    local_root, paths = listings.list_local(str(tmp_path / "data"))
     for path in paths:
-        key = "lgg set/" + etl.relative_path(path, local_root)
+        key = "lgg set/" + listings.relative_path(path, local_root)
         s3.put_object(Bucket="scans", Key=key, Body=open(path[len("file:"):], "rb").read())
     patient = truth["slices"][0]["path"].split("/")[-2]
     missing = f"s3://scans/lgg set/kaggle_3m/{patient}/{patient}_999.tif"  # listed, then deleted
-    listing = pd.DataFrame({"path": ["s3://scans/lgg set/" + etl.relative_path(p, local_root) for p in paths]
+    listing = pd.DataFrame({"path": ["s3://scans/lgg set/" + listings.relative_path(p, local_root) for p in paths]
                             + [missing]})
-    parsed = etl.parse_listing(listing, dataset="lgg", root="s3://scans/lgg set")
-    to_decode, _ = etl.plan_files(parsed)
-    decoded = etl.decode_frame(to_decode, dataset="lgg", image_size=16, read=etl.source_reader(s3_cfg))
+    parsed = listings.parse_listing(listing, dataset="lgg", root="s3://scans/lgg set")
+    to_decode, _ = listings.plan_files(parsed)
+    decoded = decode.decode_frame(to_decode, dataset="lgg", image_size=16, read=decode.source_reader(s3_cfg))
     gone = decoded[decoded["path"] == missing]
     assert gone["reason"].tolist() == ["unreadable"] and "not_found" in gone["detail"].iloc[0]
     ok = decoded[decoded["reason"].isna()]
     assert len(ok) == 2 * len(truth["slices"])
 
-    base = scanwrite.writable_base("s3://scans/tables/lgg/")
-    staging, scans = artifact.join(base, "_staging-t"), artifact.join(base, "scans")
-    scanwrite.write_staged(ok, staging=staging, partition=0, s3_cfg=s3_cfg)
+    base = write.writable_base("s3://scans/tables/lgg/")
+    staging, scans = join(base, "_staging-t"), join(base, "scans")
+    write.write_staged(ok, staging=staging, partition=0, s3_cfg=s3_cfg)
     meta = ok.drop(columns=["image", "mask"])
-    units, _, _ = etl.resolve(meta, dataset="lgg", fractions=[0.5, 0.25, 0.25], seed=1)
+    units = resolve.resolve(meta, dataset="lgg", fractions=[0.5, 0.25, 0.25], seed=1).units
     sizes = meta.loc[meta["kind"] == "image", ["path", "orig_height", "orig_width"]].rename(
         columns={"path": "image_path"})
-    written = scanwrite.finalize_part(0, units.merge(sizes, on="image_path"),
-                                      staging=staging, scans=scans, dataset="lgg", s3_cfg=s3_cfg)
+    written = write.finalize_part(0, units.merge(sizes, on="image_path"),
+                                  staging=staging, scans=scans, dataset="lgg", s3_cfg=s3_cfg)
     assert written == len(units) == len(truth["slices"])
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="scans", Prefix="tables/lgg/scans/")["Contents"])
     assert keys == sorted(f"tables/lgg/scans/split={split}/part-00000.parquet" for split in set(units["split"]))

@@ -24,7 +24,7 @@ from classeg.cli import main
 from classeg.config import load_config
 from classeg import synthetic
 from classeg.demo import save_archive_truth
-from classeg.etl import run_ingest
+from classeg.ingest.job import run_ingest
 from classeg.inference import SCORES_SCHEMA_DDL
 from classeg.manifest import mark_run_complete
 from classeg.scoring import run_path

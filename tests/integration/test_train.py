@@ -19,7 +19,8 @@ import torch
 from classeg.artifact import load_artifact
 from classeg.config import load_config
 from classeg import synthetic
-from classeg.etl import read_scan_table, run_ingest
+from classeg.ingest.job import run_ingest
+from classeg.ingest.table import read_scan_table
 from classeg.training import checkpoints, run_training
 
 SIZE = 32

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from classeg.datasets import figshare, folders, lgg
-from classeg.etl import parse_listing, plan_files, relative_path
+from classeg.ingest.listing import glob_escape, parse_listing, plan_files, relative_path, spark_path
 
 
 @pytest.mark.parametrize("relpath, kind, key, patient, index", [
@@ -78,12 +78,96 @@ def test_plan_keeps_shortest_copy_and_accounts_for_every_file():
     ("hdfs://nn:8020/data/a.tif", "hdfs://nn:8020/data/a.tif"),
 ])
 def test_spark_path_matches_binaryfile_form(uri, expected):
-    from classeg.etl import spark_path
-
     assert spark_path(uri) == expected
 
 
 def test_glob_escape():
-    from classeg.etl import glob_escape
-
     assert glob_escape("file:/d/scan[1]{a}*?.tif") == "file:/d/scan\\[1\\]\\{a\\}\\*\\?.tif"
+
+
+def _decoded_folders(classes, per_class=2):
+    """META_FIELDS rows as the decode tasks return them for a folder-per-class set (every image decoded)."""
+    from classeg.ingest.fields import META_FIELDS, names
+
+    rows = [{**{name: None for name in names(META_FIELDS)}, "path": f"file:/d/{c}/{i}.png",
+             "relpath": f"{c}/{i}.png", "kind": "image", "key": f"{c}/{i}.png", "label_name": c,
+             "orig_height": 40, "orig_width": 40} for c in classes for i in range(per_class)]
+    return pd.DataFrame(rows, columns=names(META_FIELDS))
+
+
+@pytest.mark.parametrize("classes, tumor", [
+    (["no_tumour", "tumour"], {"no_tumour": False, "tumour": True}),
+    (["negative", "positive"], {"negative": False, "positive": True}),
+    (["yes", "no"], {"yes": True, "no": False}),
+    (["control", "glioma"], {"control": False, "glioma": True}),
+    (["glioma", "meningioma", "notumor", "pituitary"],
+     {"glioma": True, "meningioma": True, "notumor": False, "pituitary": True}),
+    (["Astrocitoma T1C+", "Meningioma T2", "_NORMAL T1"],
+     {"Astrocitoma T1C+": True, "Meningioma T2": True, "_NORMAL T1": False}),
+    (["glioma", "meningioma", "pituitary"], {"glioma": True, "meningioma": True, "pituitary": True}),
+])
+def test_folders_has_tumor_from_the_tumour_vocabulary(classes, tumor):
+    resolution = folders.resolve(_decoded_folders(classes))
+    assert resolution.class_names == sorted(classes)
+    assert dict(zip(resolution.units["label_name"], resolution.units["has_tumor"])) == tumor
+    assert dict(zip(resolution.units["label_name"], resolution.units["label"])) == {
+        name: i for i, name in enumerate(sorted(classes))}
+    assert resolution.issues == [] and resolution.units["mask_path"].isna().all()
+    assert resolution.tumor_note == (f"has_tumor from the class names (classeg.labels): tumour classes "
+                                     f"{[name for name in sorted(classes) if tumor[name]]}")
+
+
+def test_folders_class_names_without_a_tumour_meaning_leave_has_tumor_null_with_a_note():
+    resolution = folders.resolve(_decoded_folders(["cat", "dog"]))
+    assert resolution.units["has_tumor"].isna().all() and len(resolution.units) == 4
+    assert resolution.tumor_note.startswith("has_tumor is null: class names ['cat', 'dog']")
+
+
+def test_ingest_resolve_numbers_the_folder_classes_and_carries_the_note():
+    from classeg.ingest.resolve import UNIT_COLUMNS, resolve
+
+    resolved = resolve(_decoded_folders(["tumour", "no_tumour"], per_class=3), dataset="folders",
+                       fractions=[1, 0, 0], seed=0)
+    assert list(resolved.units.columns) == UNIT_COLUMNS and len(resolved.units) == 6
+    assert resolved.class_names == ["no_tumour", "tumour"]
+    assert sorted(zip(resolved.units["label_name"], resolved.units["label"], resolved.units["has_tumor"])) == [
+        ("no_tumour", 0, False)] * 3 + [("tumour", 1, True)] * 3
+    assert set(resolved.units["split"]) == {"train"} and resolved.issues.empty
+    assert "tumour classes ['tumour']" in resolved.tumor_note
+
+
+def test_lgg_resolve_pairs_by_key_and_accounts_for_orphans_and_failed_partners():
+    from classeg.ingest.fields import META_FIELDS, names
+
+    def row(key, kind, reason=None, has_tumor=None):
+        suffix = "_mask" if kind == "mask" else ""
+        path = f"file:/d/P_A_1_20000101/P_A_1_20000101_{key}{suffix}.tif"
+        return {**{name: None for name in names(META_FIELDS)}, "path": path, "relpath": path[len("file:/d/"):],
+                "kind": kind, "key": f"P/{key}", "patient_id": "P_A_1", "reason": reason, "has_tumor": has_tumor}
+
+    meta = pd.DataFrame([row(1, "image"), row(1, "mask", has_tumor=True), row(2, "image"),
+                         row(2, "mask", has_tumor=False), row(3, "image"), row(4, "mask", has_tumor=False),
+                         row(5, "image", reason="undecodable"), row(5, "mask", has_tumor=True),
+                         row(6, "image"), row(6, "mask", reason="undecodable")], columns=names(META_FIELDS))
+    resolution = lgg.resolve(meta)
+    assert sorted(zip(resolution.units["key"], resolution.units["has_tumor"], resolution.units["label_name"])) == [
+        ("P/1", True, "tumor"), ("P/2", False, "no_tumor")]
+    assert (resolution.units["mask_path"].str.endswith("_mask.tif")).all()
+    issues = pd.concat(resolution.issues)
+    stem = "P_A_1_20000101/P_A_1_20000101_"
+    assert dict(zip(issues["relpath"], zip(issues["severity"], issues["reason"]))) == {
+        f"{stem}3.tif": ("error", "image_without_mask"), f"{stem}4_mask.tif": ("error", "mask_without_image"),
+        f"{stem}5_mask.tif": ("skipped", "partner_failed"), f"{stem}6.tif": ("skipped", "partner_failed")}
+    assert resolution.class_names == ["no_tumor", "tumor"] and resolution.tumor_note is None
+
+
+def test_every_layout_is_registered_once_and_config_offers_exactly_them():
+    from classeg.config import CHOICES
+    from classeg.datasets.registry import LAYOUTS, get_layout
+
+    assert LAYOUTS == {"lgg": lgg, "figshare": figshare, "folders": folders}
+    assert tuple(CHOICES["ingest.dataset"]) == tuple(LAYOUTS)
+    for layout in LAYOUTS.values():
+        assert callable(layout.parse_path) and callable(layout.decode) and callable(layout.resolve)
+    with pytest.raises(ValueError, match=r"dataset must be one of \['figshare', 'folders', 'lgg'\], got 'kaggle'"):
+        get_layout("kaggle")

@@ -1,1 +1,2 @@
-"""Dataset layouts (one module each); the synthetic scan generator is classeg.synthetic."""
+"""Dataset layouts, one module each (lgg, figshare, folders) behind common.Layout, named in registry.LAYOUTS;
+the synthetic scan generator is classeg.synthetic."""

@@ -3,14 +3,19 @@
 The label is the parent folder's name, kept verbatim (spaces, ``+``, Portuguese/Spanish spellings). Optional
 ``Training/`` and ``Testing/`` top folders are honoured as the split. There are no patient ids, so no
 patient-level split is possible (the ingest summary says so). The contrast in a 44c class name (T1, T1C+, T2)
-is parsed into ``sequence``.
+is parsed into ``sequence``. Labels are the class names in sorted order; ``has_tumor`` comes from the class
+names through :func:`classeg.labels.tumor_class_names`, and is null (with a note in the ingest summary) for a
+set of class names it cannot map. There are no masks.
 """
 from __future__ import annotations
 
 import re
 
+import pandas as pd
+
 from classeg import imaging
-from classeg.datasets.common import META_NAMES, base_record
+from classeg.datasets.common import META_NAMES, Resolution, base_record, decoded_images
+from classeg.labels import TumorClassError, tumor_class_names
 
 DATASET = "folders"
 SPLIT_FOLDERS = {"training": "train", "train": "train", "testing": "test", "test": "test",
@@ -47,3 +52,22 @@ def decode(relpath: str, data: bytes, *, image_size: int) -> dict:
     height, width = array.shape[:2]
     return {"image": imaging.encode_png(imaging.canonical(array, image_size)),
             "orig_height": height, "orig_width": width}
+
+
+def resolve(meta: pd.DataFrame) -> Resolution:
+    """Each decoded image is a scan labelled by its class folder; no masks."""
+    images = decoded_images(meta)
+    class_names = sorted(images["label_name"].unique())
+    units = images.assign(mask_path=None, fold=None)
+    units["label"] = units["label_name"].map({name: i for i, name in enumerate(class_names)})
+    if not class_names:
+        return Resolution(units.assign(has_tumor=None), [], class_names)
+    try:
+        tumor = tumor_class_names(class_names)
+    except TumorClassError as err:
+        units["has_tumor"] = None
+        note = f"has_tumor is null: {err}"
+    else:
+        units["has_tumor"] = units["label_name"].isin(tumor)
+        note = f"has_tumor from the class names (classeg.labels): tumour classes {tumor}"
+    return Resolution(units, [], class_names, tumor_note=note)

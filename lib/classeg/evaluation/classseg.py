@@ -8,7 +8,7 @@ Order of work, on the driver except step 4:
    classes have no tumour meaning, fails here) and choose the tumour threshold (:func:`tumor_threshold`:
    ``--tumor-threshold``, else the classifier's validated ``operating_point.threshold`` from model.json,
    else 0.5). :meth:`ClassSegEvaluation.run` does the rest;
-2. read the scan table (:func:`classeg.etl.read_scan_table`) and keep the split (``all``: every row);
+2. read the scan table (:func:`classeg.ingest.table.read_scan_table`) and keep the split (``all``: every row);
 3. check it in one aggregation: the split is not empty and every slice the table calls tumour has a mask
    (the truth is the mask: folder datasets, which have none, cannot be evaluated);
 4. ``mapInPandas(classeg.evaluation.slices.evaluate_partition)``: each task decodes its slices, runs the
@@ -202,7 +202,7 @@ class ClassSegEvaluation:
         Raises ValueError for a split without slices, or with tumour slices that have no mask."""
         from pyspark.sql import functions as F
 
-        from classeg.etl import read_scan_table
+        from classeg.ingest.table import read_scan_table
         from classeg.spark import ensure_driver
 
         ensure_driver("ClassSegEvaluation.run")

@@ -27,7 +27,7 @@ def evaluate_artifact(spark, *, model: str, scans: str, output: str, split: str 
     from pyspark.sql import functions as F
 
     from classeg.artifact import load_artifact
-    from classeg.etl import read_scan_table
+    from classeg.ingest.table import read_scan_table
     from classeg.spark import ensure_driver
     from classeg.training.checkpoints import upgrade_metric_names
     from classeg.training.data import decode_example
