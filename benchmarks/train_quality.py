@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
     from classeg.config import load_config
     from classeg import synthetic
-    from classeg.etl import run_ingest
+    from classeg.ingest.job import run_ingest
     from classeg.spark import get_spark
     from classeg.training import run_training
 

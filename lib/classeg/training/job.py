@@ -197,7 +197,7 @@ def run_training(spark, cfg: Config) -> dict:
     artifact location, history, test metrics, per-rank weight checksums, ...). Driver only."""
     from petastorm.spark import SparkDatasetConverter
 
-    from classeg.etl import read_scan_table
+    from classeg.ingest.table import read_scan_table
     from classeg.spark import ensure_driver
 
     ensure_driver("run_training")
