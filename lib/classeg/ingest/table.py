@@ -22,7 +22,8 @@ SUMMARY_NAME = "summary.json"
 FAILURE_DIR = "last_failure"
 
 # The stored columns, the same whoever writes them (the tasks or Spark); split is the partition folder.
-# image: (H, W, 3) uint8 PNG at the canonical size; mask: (H, W) {0, 255} PNG, null for folder datasets.
+# image: uint8 PNG, (size, size) or (size, size, 3) at ingest.image_size; mask: (size, size) {0, 255} PNG, null
+# for folder datasets (they have no masks).
 SCAN_SCHEMA = pa.schema([
     ("scan_id", pa.string()), ("dataset", pa.string()), ("source_uri", pa.string()),
     ("mask_source_uri", pa.string()), ("patient_id", pa.string()), ("slice_index", pa.int32()),
