@@ -207,7 +207,7 @@ class ClassSegEvaluation:
 
         ensure_driver("ClassSegEvaluation.run")
         started = time.time()
-        frame, summary = read_scan_table(spark, self.scans)
+        frame, summary = read_scan_table(spark, self.scans, s3_cfg=self.s3_cfg)
         if self.split in ("train", "val", "all") and summary.get("run_id") in self.trained_on:
             log.warning("evaluate: a model was trained on this scan table; its %r split is not held out", self.split)
         rows = (frame if self.split == "all" else frame.filter(F.col("split") == self.split)).select(*INPUT_COLUMNS)

@@ -40,7 +40,7 @@ def evaluate_artifact(spark, *, model: str, scans: str, output: str, split: str 
     started = time.time()
     artifact = load_artifact(model, s3_cfg=s3_cfg)
     task, class_names = artifact.task, artifact.class_names
-    frame, summary = read_scan_table(spark, scans)
+    frame, summary = read_scan_table(spark, scans, s3_cfg=s3_cfg)
     if task == "classify" and list(summary.get("class_names") or []) != class_names:
         raise ValueError(f"model {model!r} predicts classes {class_names} but scan table {scans!r} has classes "
                          f"{summary.get('class_names')}")
