@@ -199,7 +199,9 @@ def _validate(data: dict[str, Any]) -> None:
     for key in ("ingest.max_error_rate", "score.max_error_rate", "score.tumor_threshold", "score.mask_threshold"):
         section, name = key.split(".")
         value = data[section][name]
-        if not 0 <= value <= 1:
+        if value is None and key == "score.tumor_threshold":
+            continue  # null: the classifier's own operating point
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ConfigError(f"{key} must be between 0 and 1, got {value!r}")
     positive = ("ingest.image_size", "ingest.fetch_threads", "train.num_proc", "train.epochs", "train.batch_size",
                 "train.image_size", "train.grad_accum_steps", "train.threads_per_proc", "train.base_filters",

@@ -12,7 +12,7 @@ import pytest
 from classeg.archive import list_archive, objects_frame
 from classeg.errors import ArchiveError, FetchError
 from classeg.io.files import fetch
-from classeg.manifest import Manifest, mark_run_complete
+from classeg.scoring.table import Manifest, mark_run_complete
 from s3util import FaultProxy, put_objects, test_s3_cfg
 
 

@@ -25,8 +25,8 @@ from classeg.config import load_config
 from classeg import synthetic
 from classeg.demo import save_archive_truth
 from classeg.ingest.job import run_ingest
-from classeg.inference import SCORES_SCHEMA_DDL
-from classeg.manifest import mark_run_complete
+from classeg.scoring.table import SCORES_SCHEMA_DDL
+from classeg.scoring.table import mark_run_complete
 from classeg.scoring import run_path
 
 SIZE = 32

@@ -14,11 +14,11 @@ import pytest
 from classeg import imaging
 from classeg.archive import list_archive, objects_frame
 from classeg.errors import ArchiveError
-from classeg.manifest import Manifest
+from classeg.scoring.table import Manifest
 from classeg.cli import main
 from classeg.config import load_config
 from classeg import synthetic
-from classeg.inference import TumorClassError
+from classeg.labels import TumorClassError
 from classeg.scoring import read_scores, run_score
 from s3util import FaultProxy, put_objects
 from scoring_models import save_classifier, trained_models
@@ -186,7 +186,7 @@ def test_local_folder_through_the_cli_and_a_failed_run_rerun_without_duplicates(
 def test_large_run_read_back_path_gives_the_same_summary_and_manifest(spark, models, tmp_path, monkeypatch):
     """Runs above scoring._MANIFEST_CHUNK_ROWS count with one Spark aggregation and record the manifest in
     chunks; small runs read the written table back once. Both must agree exactly."""
-    from classeg import scoring
+    from classeg.scoring import job as scoring
 
     root = tmp_path / "archive"
     synthetic.write_archive(root, seed=31, count=10, image_size=64)

@@ -14,7 +14,7 @@ from classeg.errors import ArchiveError, FetchError, error_kind
 from classeg.io.files import fetch
 from classeg.io.s3 import client as s3_client
 from classeg.io.uri import Location as ArchiveLocation, parse_uri
-from classeg.manifest import Manifest, mark_run_complete
+from classeg.scoring.table import Manifest, mark_run_complete
 
 
 # --------------------------------------------------------------------------------------------- parse_uri

@@ -20,7 +20,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(models):
-    from classeg.inference import ClassSegPredictor
+    from classeg.scoring.predictor import ClassSegPredictor
 
     return ClassSegPredictor.load(models["classifier"], models["segmenter"])
 
@@ -69,7 +69,7 @@ def test_truth_is_the_canonical_mask_not_the_table_flag(predictor):
 
 def test_bad_slices_and_predictors_are_refused(models, predictor):
     from classeg.imaging import encode_png
-    from classeg.inference import ClassSegPredictor
+    from classeg.scoring.predictor import ClassSegPredictor
 
     rows = cm.scan_rows()
     rows.loc[0, "mask"] = encode_png(np.zeros((16, 16), np.uint8))

@@ -9,7 +9,7 @@ def test_defaults_load_without_editing():
     cfg = load_config()
     assert cfg.train.engine == "horovod"
     assert cfg.ingest.split == [0.7, 0.15, 0.15]
-    assert cfg["score.tumor_threshold"] == 0.5
+    assert cfg["score.tumor_threshold"] is None  # the classifier's operating point
     assert cfg.spark.extra == {}
 
 

@@ -1,4 +1,4 @@
-"""The Class-Seg predictor without Spark: classeg.inference.score_frame on real files in every format, with
+"""The Class-Seg predictor without Spark: classeg.scoring.udf.score_frame on real files in every format, with
 fixture models trained on synthetic phantoms (tests/scoring_models.py)."""
 from __future__ import annotations
 
@@ -10,16 +10,10 @@ from PIL import Image
 from classeg import imaging
 from classeg.archive import list_archive, objects_frame
 from classeg import synthetic
-from classeg.inference import (
-    SCORE_COLUMNS,
-    ClassSegPredictor,
-    ScoreSettings,
-    TumorClassError,
-    _bbox,
-    _rebatch,
-    resolve_tumor_classes,
-    score_frame,
-)
+from classeg.labels import TumorClassError
+from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings, resolve_tumor_classes
+from classeg.scoring.table import SCORE_COLUMNS
+from classeg.scoring.udf import _bbox, _rebatch, score_frame
 from scoring_models import save_classifier, trained_models
 
 ARCHIVE_SEED = 7

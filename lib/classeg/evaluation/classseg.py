@@ -4,7 +4,7 @@ on one split of a scan table whose truth is known (Phase 3 of the paper).
 Order of work, on the driver except step 4:
 
 1. :meth:`ClassSegEvaluation.plan`, before the SparkSession starts: load both artifacts once
-   (:meth:`classeg.inference.ClassSegPredictor.load`: a missing or wrong artifact, or a classifier whose
+   (:meth:`classeg.scoring.predictor.ClassSegPredictor.load`: a missing or wrong artifact, or a classifier whose
    classes have no tumour meaning, fails here) and choose the tumour threshold (:func:`tumor_threshold`:
    ``--tumor-threshold``, else the classifier's validated ``operating_point.threshold`` from model.json,
    else 0.5). :meth:`ClassSegEvaluation.run` does the rest;
@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from classeg.scoring.predictor import tumor_threshold
 from classeg.evaluation.slices import (INPUT_COLUMNS, SLICE_COLUMNS, SLICES_ARROW_SCHEMA, SLICES_SCHEMA_DDL,
                                       evaluate_partition)
 
@@ -55,26 +56,6 @@ __all__ = ["METRICS_NAME", "SLICES_DIR", "SPLITS", "ClassSegEvaluation", "evalua
 METRICS_NAME = "classseg_metrics.json"
 SLICES_DIR = "classseg_slices"
 SPLITS = ("train", "val", "test", "all")
-DEFAULT_THRESHOLD = 0.5
-
-
-def tumor_threshold(meta: dict, override: float | None = None) -> tuple[float, str]:
-    """The classifier's tumour threshold and where it came from: ``override`` (``--tumor-threshold``) when
-    given, else model.json's ``operating_point.threshold`` (chosen on the validation split), else 0.5.
-    Raises ValueError for a threshold outside [0, 1]."""
-    if override is not None:
-        threshold, source = override, "--tumor-threshold"
-    else:
-        point = meta.get("operating_point")
-        if isinstance(point, dict) and point.get("threshold") is not None:
-            split = point.get("split") or "val"
-            threshold, source = point["threshold"], f"model.json operating_point, chosen on the {split} split"
-        else:
-            reason = meta.get("operating_point_reason") or "model.json has no operating_point"
-            threshold, source = DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} ({reason})"
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ValueError(f"tumour threshold ({source}) must be a number in [0, 1], got {threshold!r}")
-    return float(threshold), source
 
 
 def _check_split(rows, *, split: str, scans: str) -> int:
@@ -160,7 +141,7 @@ class ClassSegEvaluation:
     split: str
     threshold: float
     threshold_source: str
-    settings: Any  # classeg.inference.ScoreSettings: what the tasks need
+    settings: Any  # classeg.scoring.predictor.ScoreSettings: what the tasks need
     model_ids: tuple[str, str]
     trained_on: tuple[str | None, ...]  # scan-table run ids the models were trained on
     s3_cfg: Any = None
@@ -170,11 +151,11 @@ class ClassSegEvaluation:
              tumor_threshold_override: float | None = None, settings: dict | None = None,
              s3_cfg: Any = None) -> "ClassSegEvaluation":
         """Check the arguments and load both artifacts once (their tasks, checksums and the classifier's tumour
-        classes); choose the threshold (:func:`tumor_threshold`). ``settings``: :class:`~classeg.inference.
+        classes); choose the threshold (:func:`tumor_threshold`). ``settings``: :class:`~classeg.scoring.predictor.
         ScoreSettings` fields for the tasks (``mask_threshold``, ``batch_size``, ``device``, ``amp``,
         ``channels_last``, ``torch_threads``, ``tumor_classes``), as ``classeg score`` takes them from the
         ``score`` config section. Raises ValueError or FileNotFoundError naming the problem."""
-        from classeg.inference import ClassSegPredictor, ScoreSettings
+        from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings
         from classeg.io.s3 import S3Settings
         from classeg.io.uri import parse_uri
 

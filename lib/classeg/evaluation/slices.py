@@ -1,9 +1,9 @@
 """Per-slice Class-Seg evaluation: scan-table rows in, one row of truth, detection and pixel counts out.
 
-Two layers, as scoring has (:mod:`classeg.inference`):
+Two layers, as scoring has (:mod:`classeg.scoring.udf`):
 
 * :func:`evaluate_slices` is plain pandas: a batch of scan-table rows (:data:`INPUT_COLUMNS`) and a loaded
-  :class:`~classeg.inference.ClassSegPredictor` in, one :data:`SLICE_COLUMNS` row per slice out. It runs and is
+  :class:`~classeg.scoring.predictor.ClassSegPredictor` in, one :data:`SLICE_COLUMNS` row per slice out. It runs and is
   tested without Spark.
 * :func:`evaluate_partition` is the same as a ``mapInPandas`` function (iterator form): it picks the task's
   device and torch threads and takes the process's cached predictor, so the models load once per Python
@@ -76,7 +76,7 @@ def _true_mask(png, shape: tuple[int, int], scan_id: str) -> np.ndarray:
 
 def evaluate_slices(rows: pd.DataFrame, predictor, *, threshold: float) -> pd.DataFrame:
     """Evaluate one batch of scan-table rows (:data:`INPUT_COLUMNS`; ``image``/``mask`` PNG bytes, mask may be
-    null) with ``predictor`` (a :class:`~classeg.inference.ClassSegPredictor` with a segmenter) at the tumour
+    null) with ``predictor`` (a :class:`~classeg.scoring.predictor.ClassSegPredictor` with a segmenter) at the tumour
     ``threshold`` in [0, 1]. Returns one :data:`SLICE_COLUMNS` row per input row, in order (see the module
     docstring for what each column means)."""
     if predictor.segmenter is None:
@@ -122,15 +122,16 @@ def evaluate_slices(rows: pd.DataFrame, predictor, *, threshold: float) -> pd.Da
 
 
 def evaluate_partition(frames: Iterator[pd.DataFrame], settings) -> Iterator[pd.DataFrame]:
-    """``mapInPandas`` function (bind ``settings``, a :class:`~classeg.inference.ScoreSettings` naming both
+    """``mapInPandas`` function (bind ``settings``, a :class:`~classeg.scoring.predictor.ScoreSettings` naming both
     artifacts and the tumour threshold, with functools.partial): scan-table rows in, :data:`SLICES_SCHEMA_DDL`
     rows out, in batches of ``settings.batch_size``. Models come from the process's predictor cache, as in
     scoring, so they load once per Python worker."""
     import torch
 
-    from classeg.inference import _task_threads, cached_predictor, select_device
+    from classeg.scoring.predictor import select_device, task_threads
+    from classeg.scoring.udf import cached_predictor
 
-    threads = _task_threads(settings.torch_threads)
+    threads = task_threads(settings.torch_threads)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     predictor = cached_predictor(settings, select_device(settings.device))

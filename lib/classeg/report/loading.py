@@ -61,7 +61,7 @@ def _run_folders(scores: Path) -> list[tuple[str, Path]]:
 
 def _read_scores_table(scores: Path, columns, rows_filter=None) -> pd.DataFrame:
     """Rows of the completed runs of a scores table (those with a ``_runs/<run_id>.json`` marker, as
-    :func:`classeg.scoring.read_scores` reads them), with ``run_id``. A table without run folders is read as a
+    :func:`classeg.scoring.table.read_scores` reads them), with ``run_id``. A table without run folders is read as a
     plain (hive-partitioned) Parquet folder."""
     folders = _run_folders(scores)
     if not folders:
@@ -101,14 +101,17 @@ def read_score_masks(scores: Path, source_uris) -> dict[str, bytes]:
 
 
 def read_runs(scores: Path) -> list[dict]:
-    """Scoring run markers (``_runs/*.json``), oldest first."""
-    runs = []
-    for path in sorted((scores / "_runs").glob("*.json")):
-        try:
-            runs.append(json.loads(path.read_text(encoding="utf-8")))
-        except ValueError:
-            log.warning("skipping unreadable run marker %s", path)
-    return sorted(runs, key=lambda r: (str(r.get("completed_at")), str(r.get("run_id"))))
+    """The completed scoring runs (their ``_runs/*.json`` markers), oldest first: the scores table's one rule,
+    :func:`classeg.scoring.table.completed_runs`. A table whose markers cannot be read shows no runs (logged):
+    the report still renders."""
+    from classeg.errors import ArchiveError
+    from classeg.scoring.table import completed_runs
+
+    try:
+        return list(completed_runs(str(scores)).values())
+    except ArchiveError as err:
+        log.warning("cannot read the run markers of %s: %s", scores, err)
+        return []
 
 
 def read_truth(path: Path) -> tuple[dict[str, dict], list[dict]]:

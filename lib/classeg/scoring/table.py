@@ -1,4 +1,15 @@
-"""The manifest of finished scoring work, and run markers: what makes scheduled re-runs score only what is new.
+"""The scores table: its schema, where each run writes, which runs count, the manifest of finished work
+and the run markers that make scheduled re-runs score only what is new.
+
+Table layout
+------------
+``<output>/run_date=YYYY-MM-DD/run_id=R/part-*.parquet`` holds the rows of run R (columns
+:data:`SCORES_SCHEMA_DDL`; ``run_date`` and ``run_id`` come from the folder names). A run that crashed, or failed
+its error-rate check, leaves a folder without a ``_runs/R.json`` marker. Its objects were not recorded in the
+manifest, so the next run scores them again: a reader that took every folder would count those objects twice.
+The one rule for which runs count is :func:`completed_runs` (runs with a marker); :func:`read_scores` (Spark)
+and the report's pyarrow reader both use it. Readers that list the files themselves (Athena) should filter
+``run_id`` to the runs listed under ``_runs/``.
 
 Output layout (beside the scores table, under names Spark's Parquet reader ignores)::
 
@@ -35,12 +46,27 @@ from classeg.io.uri import Location, parse_uri
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST_DIR", "Manifest", "RUNS_DIR", "mark_run_complete"]
+__all__ = ["FAILED_RUNS_DIR", "MANIFEST_DIR", "Manifest", "RUNS_DIR", "SCORE_COLUMNS", "SCORES_SCHEMA_DDL",
+           "SCORES_TABLE_DDL", "completed_runs", "mark_run_complete", "read_scores", "run_path"]
 
 MANIFEST_DIR = "_manifest"
 RUNS_DIR = "_runs"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 _MANIFEST_READ_THREADS = 8
+FAILED_RUNS_DIR = "_failed_runs"
+
+SCORE_COLUMNS = ("source_uri", "key", "etag", "size", "mtime", "version", "status", "error", "label", "label_name",
+                 "probabilities", "tumor_probability", "tumor", "mask", "mask_area_px", "mask_fraction", "bbox",
+                 "height", "width", "classifier_id", "segmenter_id", "scored_at")
+# Spark schema of the rows score_frame / score_partition return (the table adds run_date and run_id).
+SCORES_SCHEMA_DDL = (
+    "source_uri string, key string, etag string, size long, mtime timestamp, version string, status string, "
+    "error string, label int, label_name string, probabilities array<float>, tumor_probability double, "
+    "tumor boolean, mask binary, mask_area_px long, mask_fraction double, bbox array<int>, height int, "
+    "width int, classifier_id string, segmenter_id string, scored_at timestamp")
+
+# The table as read back: the row schema plus the two partition folders.
+SCORES_TABLE_DDL = SCORES_SCHEMA_DDL + ", run_date date, run_id string"
 
 
 def _check_run_id(run_id: str) -> None:
@@ -246,3 +272,50 @@ def mark_run_complete(output_uri: str | os.PathLike, *, run_date: str | dt.date,
     files.write_bytes(target, data, s3_cfg=S3Settings.of(s3_cfg))
     logger.info("run %s complete: %s", run_id, target.uri)
     return target.uri
+
+
+def run_path(output: str, run_date: str, run_id: str) -> str:
+    """Where run ``run_id`` of ``run_date`` writes its rows, as a URI Spark can write to."""
+    location = parse_uri(output)
+    return location.child(f"run_date={run_date}/run_id={run_id}").spark_uri
+
+def completed_runs(output_uri: str | os.PathLike, *, s3_cfg: Any = None) -> dict[str, dict]:
+    """The runs of ``output_uri`` that count: those marked complete by :func:`mark_run_complete`, as run_id ->
+    marker (run_id, run_date, completed_at, summary), oldest first. The one rule every reader of the scores
+    table applies."""
+    return Manifest.load(output_uri, s3_cfg=s3_cfg).completed_runs()
+
+
+def read_scores(spark, output: str | os.PathLike, *, latest: bool = False, include_incomplete: bool = False,
+                s3_cfg: Any = None):
+    """The scores table at ``output`` as a Spark DataFrame (:data:`SCORES_TABLE_DDL`: the rows plus
+    ``run_date`` and ``run_id``).
+
+    Only runs marked complete (``_runs/<run_id>.json``) are read, so rows of a crashed or failed run, whose
+    objects the next run scores again, are never counted twice. ``include_incomplete=True`` reads every run
+    folder (for debugging). ``latest=True`` keeps one row per object URI: the newest by ``scored_at`` (an
+    object rescored with ``--full`` or after it changed has one row per run that scored it).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    location = parse_uri(output)
+    base = location.spark_uri
+    reader = spark.read.schema(SCORES_TABLE_DDL).option("basePath", base)
+    if include_incomplete:
+        paths = [base] if _has_runs(location, s3_cfg) else []
+    else:
+        paths = [run_path(output, marker["run_date"], run_id)
+                 for run_id, marker in completed_runs(output, s3_cfg=s3_cfg).items()
+                 if marker.get("summary", {}).get("rows_written")]
+    frame = reader.parquet(*paths) if paths else spark.createDataFrame([], SCORES_TABLE_DDL)
+    if latest:
+        newest = Window.partitionBy("source_uri").orderBy(F.col("scored_at").desc(), F.col("run_id").desc())
+        frame = frame.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
+    return frame
+
+
+def _has_runs(location: Location, s3_cfg: Any) -> bool:
+    if location.scheme == "file":
+        return os.path.isdir(location.path) and any(name.startswith("run_date=") for name in os.listdir(location.path))
+    return True

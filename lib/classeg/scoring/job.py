@@ -9,7 +9,7 @@ Order of work (:class:`ScoreJob`), all on the driver except step 5:
 3. load the manifest beside the output and keep the objects not scored yet (``--full``: all of them);
 4. turn them into a DataFrame spread over ``score.partitions`` partitions (0: 4 per core of
    ``defaultParallelism``, never more than the objects);
-5. ``mapInPandas(classeg.inference.score_partition)`` and write ``<output>/run_date=D/run_id=R/`` (Parquet,
+5. ``mapInPandas(classeg.scoring.udf.score_partition)`` and write ``<output>/run_date=D/run_id=R/`` (Parquet,
    mode overwrite: re-running a failed run id replaces its rows);
 6. read the run back: every pending object must be there exactly once; count statuses and error kinds;
 7. fail with :class:`classeg.errors.JobFailed` if the error rate passes ``score.max_error_rate`` (the run's
@@ -20,7 +20,7 @@ Order of work (:class:`ScoreJob`), all on the driver except step 5:
 Table layout and readers
 ------------------------
 ``<output>/run_date=YYYY-MM-DD/run_id=R/part-*.parquet`` holds the rows of run R (columns
-:data:`classeg.inference.SCORES_SCHEMA_DDL`; ``run_date`` and ``run_id`` come from the folder names). A run that
+:data:`classeg.scoring.table.SCORES_SCHEMA_DDL`; ``run_date`` and ``run_id`` come from the folder names). A run that
 crashed, or failed its error-rate check, leaves a folder without a ``_runs/R.json`` marker. Its objects were
 not recorded in the manifest, so the next run scores them again: a reader that took every folder would count
 those objects twice. :func:`read_scores` therefore reads only completed runs (and, with ``latest=True``, only
@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,46 +44,43 @@ from typing import Any
 import pandas as pd
 
 from classeg.archive import OBJECTS_SCHEMA_DDL, list_archive, objects_frame
-from classeg.io.uri import Location as ArchiveLocation, parse_uri
-from classeg.manifest import Manifest, mark_run_complete
 from classeg.config import Config
-from classeg.inference import ERROR_KINDS, SCORES_SCHEMA_DDL, ClassSegPredictor, ScoreSettings, score_partition
+from classeg.errors import ERROR_KINDS
+from classeg.io.uri import parse_uri
+from classeg.io.s3 import S3Settings
+from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings, tumor_threshold
+from classeg.scoring.table import (FAILED_RUNS_DIR, SCORES_SCHEMA_DDL, Manifest, _check_run_id, mark_run_complete,
+                                   run_path)
+from classeg.scoring.udf import score_partition
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAILED_RUNS_DIR", "SCORES_TABLE_DDL", "ScoreJob", "read_scores", "run_score", "run_path"]
+__all__ = ["ScoreJob", "run_score"]
 
-FAILED_RUNS_DIR = "_failed_runs"
-# The table as read back: the row schema plus the two partition folders.
-SCORES_TABLE_DDL = SCORES_SCHEMA_DDL + ", run_date date, run_id string"
 _MANIFEST_CHUNK_ROWS = 200_000
 # Tasks: one per core while that keeps them at most _SCANS_PER_TASK scans, else whole waves of one per core.
-# Each task pays a start (its first batch is loaded before the model can run, the last one runs alone): on
-# 2 cores 8 tasks of 250 scans took 11.6-14.8 s where 2 tasks of 1000 took 9.9-10.6 s. The cap bounds what a
-# retried task redoes.
+# Tasks: one per core while that keeps them at most _SCANS_PER_TASK scans, else whole waves of one per core.
+# Each task pays a start (its first batch is loaded before the model can run, the last one runs alone), so
+# fewer, larger tasks are faster (BENCHMARKS.md, scoring); the cap bounds what a retried task redoes.
 _SCANS_PER_TASK = 2000
-
-
-def _spark_path(location: ArchiveLocation, original: str) -> str:
-    """The URI Spark should use: ``file:///abs`` (not percent-encoded) locally, never resolved against a
-    default HDFS; the
-    user's own scheme on S3 (``s3://`` on EMR, ``s3a://`` with hadoop-aws)."""
-    if location.scheme == "file":
-        # Not location.uri: Hadoop parses the string itself, and a percent-encoded "=" would name a folder
-        # "run_date%3D..." that partition discovery does not recognise.
-        return "file://" + location.path
-    scheme = original.split(":", 1)[0].lower()
-    return f"{scheme}://{location.bucket}/{location.prefix}".rstrip("/")
-
-
-def run_path(output: str, run_date: str, run_id: str) -> str:
-    """Where run ``run_id`` of ``run_date`` writes its rows, as a URI Spark can write to."""
-    location = parse_uri(output)
-    return _spark_path(location.child(f"run_date={run_date}/run_id={run_id}"), str(output))
 
 
 def _default_run_id(now: dt.datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def _run_date_and_id(score, now: dt.datetime) -> tuple[str, str]:
+    """``score.run_date`` (YYYY-MM-DD, default today in UTC) and ``score.run_id`` (default a timestamp plus a
+    random suffix), checked."""
+    run_date = score.run_date or now.date().isoformat()
+    try:
+        if dt.date.fromisoformat(str(run_date)).isoformat() != str(run_date):
+            raise ValueError(run_date)
+    except ValueError:
+        raise ValueError(f"score.run_date must be YYYY-MM-DD, got {run_date!r}") from None
+    run_id = score.run_id or _default_run_id(now)
+    _check_run_id(run_id)
+    return str(run_date), run_id
 
 
 @dataclass
@@ -104,6 +100,7 @@ class ScoreJob:
     partitions: int
     arrow_batch_size: int
     s3: dict
+    tumor_threshold_source: str = "score.tumor_threshold"
 
     @classmethod
     def from_config(cls, cfg: Config, *, now: dt.datetime | None = None) -> "ScoreJob":
@@ -129,32 +126,25 @@ class ScoreJob:
         if not isinstance(tumor_classes, list) or not all(isinstance(name, str) for name in tumor_classes):
             raise ValueError(f"score.tumor_classes must be a list of class names, got {tumor_classes!r}")
         parse_uri(score.archive), parse_uri(score.output)  # ValueError naming a bad URI
-        now = now or dt.datetime.now(dt.timezone.utc)
-        run_date = score.run_date or now.date().isoformat()
-        try:
-            if dt.date.fromisoformat(str(run_date)).isoformat() != str(run_date):
-                raise ValueError(run_date)
-        except ValueError:
-            raise ValueError(f"score.run_date must be YYYY-MM-DD, got {run_date!r}") from None
-        run_id = score.run_id or _default_run_id(now)
+        run_date, run_id = _run_date_and_id(score, now or dt.datetime.now(dt.timezone.utc))
+        s3 = S3Settings.of(cfg)
+        # Load on the driver once: checks tasks, weights checksums, architectures and the tumour mapping.
+        predictor = ClassSegPredictor.load(str(score.classifier), str(score.segmenter) if score.segmenter else None,
+                                           s3_cfg=s3, device="cpu", tumor_classes=tuple(tumor_classes))
+        threshold, threshold_source = tumor_threshold(predictor.classifier.meta, score.tumor_threshold)
         settings = ScoreSettings(
             classifier=str(score.classifier), segmenter=str(score.segmenter) if score.segmenter else None,
-            tumor_classes=tuple(tumor_classes), tumor_threshold=score.tumor_threshold,
+            tumor_classes=tuple(tumor_classes), tumor_threshold=threshold,
             mask_threshold=score.mask_threshold, batch_size=score.batch_size,
-            max_bytes=score.max_object_mb * 2**20, s3=cfg.s3.to_dict(), fetch_threads=score.fetch_threads,
+            max_bytes=score.max_object_mb * 2**20, s3=s3, fetch_threads=score.fetch_threads,
             torch_threads=score.torch_threads, device=score.device, amp=score.amp, channels_last=score.channels_last)
-        from classeg.manifest import _check_run_id  # the manifest's own rule for run ids
-
-        _check_run_id(run_id)
-        # Load on the driver once: checks tasks, weights checksums, architectures and the tumour mapping.
-        predictor = ClassSegPredictor.load(settings.classifier, settings.segmenter, s3_cfg=settings.s3,
-                                           device="cpu", tumor_classes=settings.tumor_classes)
         job = cls(archive=str(score.archive), output=str(score.output), settings=settings,
                   classifier_id=predictor.classifier_id, segmenter_id=predictor.segmenter_id, run_id=run_id,
-                  run_date=str(run_date), run_id_given=bool(score.run_id), full=bool(score.full),
+                  run_date=run_date, run_id_given=bool(score.run_id), full=bool(score.full),
                   max_error_rate=float(score.max_error_rate), partitions=int(score.partitions),
                   arrow_batch_size=int(score.arrow_batch_size or cfg.spark.arrow_batch_size),
-                  s3=cfg.s3.to_dict())
+                  s3=cfg.s3.to_dict(), tumor_threshold_source=threshold_source)
+        log.info("score: tumour threshold %.4f (%s)", threshold, threshold_source)
         tumour = [predictor.class_names[i] for i in predictor.tumor_indices]
         log.info("score: classifier %s (tumour classes %s), segmenter %s; run %s (%s)", job.classifier_id, tumour,
                  job.segmenter_id or "none", run_id, run_date)
@@ -219,7 +209,8 @@ class ScoreJob:
             "scored": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_rate": 0.0, "tumor": 0,
             "rows_written": 0, "partitions": 0, "listing_seconds": round(listed_seconds, 3),
             "scoring_seconds": 0.0, "images_per_s": 0.0, "seconds": 0.0,
-            "tumor_threshold": self.settings.tumor_threshold, "batch_size": self.settings.batch_size,
+            "tumor_threshold": self.settings.tumor_threshold, "tumor_threshold_source": self.tumor_threshold_source,
+            "batch_size": self.settings.batch_size,
         }
         log.info("score: %d objects listed, %d already scored, %d to score", len(objects), summary["skipped"],
                  len(pending))
@@ -358,36 +349,3 @@ def run_score(spark, cfg: Config) -> dict:
     return ScoreJob.from_config(cfg).run(spark)
 
 
-def read_scores(spark, output: str | os.PathLike, *, latest: bool = False, include_incomplete: bool = False,
-                s3_cfg: Any = None):
-    """The scores table at ``output`` as a Spark DataFrame (:data:`SCORES_TABLE_DDL`: the rows plus
-    ``run_date`` and ``run_id``).
-
-    Only runs marked complete (``_runs/<run_id>.json``) are read, so rows of a crashed or failed run, whose
-    objects the next run scores again, are never counted twice. ``include_incomplete=True`` reads every run
-    folder (for debugging). ``latest=True`` keeps one row per object URI: the newest by ``scored_at`` (an
-    object rescored with ``--full`` or after it changed has one row per run that scored it).
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    location = parse_uri(output)
-    base = _spark_path(location, str(output))
-    reader = spark.read.schema(SCORES_TABLE_DDL).option("basePath", base)
-    if include_incomplete:
-        paths = [base] if _has_runs(location, s3_cfg) else []
-    else:
-        runs = Manifest.load(output, s3_cfg=s3_cfg).completed_runs()
-        paths = [run_path(output, marker["run_date"], run_id) for run_id, marker in runs.items()
-                 if marker.get("summary", {}).get("rows_written")]
-    frame = reader.parquet(*paths) if paths else spark.createDataFrame([], SCORES_TABLE_DDL)
-    if latest:
-        newest = Window.partitionBy("source_uri").orderBy(F.col("scored_at").desc(), F.col("run_id").desc())
-        frame = frame.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
-    return frame
-
-
-def _has_runs(location: ArchiveLocation, s3_cfg: Any) -> bool:
-    if location.scheme == "file":
-        return os.path.isdir(location.path) and any(name.startswith("run_date=") for name in os.listdir(location.path))
-    return True
