@@ -66,6 +66,51 @@ def _demo(args, cfg) -> dict:
                                                              overrides=args.overrides)
 
 
+# The flags that set config keys, per command: (flag, key, argparse keywords). Choices come from config.CHOICES.
+_CONFIG_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
+    "ingest": [
+        ("--dataset", "ingest.dataset", {"help": "dataset layout"}),
+        ("--input", "ingest.input", {"help": "dataset root: local path, file:// or s3:// URI"}),
+        ("--output", "ingest.output", {"help": "scan table location (replaced whole on success)"}),
+        ("--image-size", "ingest.image_size", {"type": int, "help": "canonical image side in pixels (default 256)"}),
+        ("--seed", "ingest.seed", {"type": int, "help": "split seed (default 0)"}),
+        ("--split", "ingest.split", {"type": _floats, "help": "train,val,test fractions (default 0.7,0.15,0.15)"}),
+        ("--max-error-rate", "ingest.max_error_rate", {"type": float, "help": "fail when more than this fraction of files are bad (default 0.01)"}),
+    ],
+    "train": [
+        ("--task", "train.task", {}),
+        ("--scans", "train.scans", {"help": "scan table (ingest output)"}),
+        ("--output", "train.output", {"help": "where runs, checkpoints and the model artifact go"}),
+        ("--engine", "train.engine", {"help": "default horovod"}),
+        ("--num-proc", "train.num_proc", {"type": int, "help": "training processes (default 2)"}),
+        ("--arch", "train.arch", {}),
+        ("--head", "train.head", {}),
+        ("--strategy", "train.strategy", {}),
+        ("--weights", "train.weights", {"help": "torchvision state dict path/s3 URI, or imagenet"}),
+        ("--epochs", "train.epochs", {"type": int}),
+        ("--batch-size", "train.batch_size", {"type": int, "help": "per process"}),
+        ("--image-size", "train.image_size", {"type": int, "help": "model input side"}),
+        ("--lr", "train.lr", {"type": float}),
+        ("--run-id", "train.run_id", {"help": "same id resumes from the last checkpoint"}),
+    ],
+    "score": [
+        ("--archive", "score.archive", {"help": "s3://bucket/prefix or a local folder"}),
+        ("--classifier", "score.classifier", {"help": "classifier artifact"}),
+        ("--segmenter", "score.segmenter", {"help": "segmenter artifact (optional)"}),
+        ("--output", "score.output", {"help": "scores table root (partitioned by run date)"}),
+        ("--batch-size", "score.batch_size", {"type": int}),
+        ("--tumor-threshold", "score.tumor_threshold", {"type": float, "help": "default: the classifier's operating point (model.json), else 0.5"}),
+        ("--mask-threshold", "score.mask_threshold", {"type": float}),
+        ("--max-error-rate", "score.max_error_rate", {"type": float}),
+    ],
+}
+
+
+def _config_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    for flag, key, keywords in _CONFIG_FLAGS[command]:
+        _key(parser, flag, key, **keywords)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classeg", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,32 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_command("classeg.commands", "synth"))
 
     p = sub.add_parser("ingest", help="convert a scan dataset to the Parquet scan table")
-    _key(p, "--dataset", "ingest.dataset", help="dataset layout")
-    _key(p, "--input", "ingest.input", help="dataset root: local path, file:// or s3:// URI")
-    _key(p, "--output", "ingest.output", help="scan table location (replaced whole on success)")
-    _key(p, "--image-size", "ingest.image_size", type=int, help="canonical image side in pixels (default 256)")
-    _key(p, "--seed", "ingest.seed", type=int, help="split seed (default 0)")
-    _key(p, "--split", "ingest.split", type=_floats, help="train,val,test fractions (default 0.7,0.15,0.15)")
-    _key(p, "--max-error-rate", "ingest.max_error_rate", type=float,
-         help="fail when more than this fraction of files are bad (default 0.01)")
+    _config_flags(p, "ingest")
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "ingest"))
 
     p = sub.add_parser("train", help="train a classifier or segmenter across Spark workers")
-    _key(p, "--task", "train.task")
-    _key(p, "--scans", "train.scans", help="scan table (ingest output)")
-    _key(p, "--output", "train.output", help="where runs, checkpoints and the model artifact go")
-    _key(p, "--engine", "train.engine", help="default horovod")
-    _key(p, "--num-proc", "train.num_proc", type=int, help="training processes (default 2)")
-    _key(p, "--arch", "train.arch")
-    _key(p, "--head", "train.head")
-    _key(p, "--strategy", "train.strategy")
-    _key(p, "--weights", "train.weights", help="torchvision state dict path/s3 URI, or imagenet")
-    _key(p, "--epochs", "train.epochs", type=int)
-    _key(p, "--batch-size", "train.batch_size", type=int, help="per process")
-    _key(p, "--image-size", "train.image_size", type=int, help="model input side")
-    _key(p, "--lr", "train.lr", type=float)
-    _key(p, "--run-id", "train.run_id", help="same id resumes from the last checkpoint")
+    _config_flags(p, "train")
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "train"))
 
@@ -131,14 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_command("classeg.commands", "evaluate"))
 
     p = sub.add_parser("score", help="classify every scan in an archive and segment the tumours")
-    _key(p, "--archive", "score.archive", help="s3://bucket/prefix or a local folder")
-    _key(p, "--classifier", "score.classifier", help="classifier artifact")
-    _key(p, "--segmenter", "score.segmenter", help="segmenter artifact (optional)")
-    _key(p, "--output", "score.output", help="scores table root (partitioned by run date)")
-    _key(p, "--batch-size", "score.batch_size", type=int)
-    _key(p, "--tumor-threshold", "score.tumor_threshold", type=float)
-    _key(p, "--mask-threshold", "score.mask_threshold", type=float)
-    _key(p, "--max-error-rate", "score.max_error_rate", type=float)
+    _config_flags(p, "score")
     p.add_argument("--full", dest="cfg:score.full", action="store_const", const=True, default=None,
                    help="rescore everything, ignoring the manifest")
     _common(p)
