@@ -152,7 +152,7 @@ def test_class_weights_inverse_frequency():
 
 
 def test_monitor_spec():
-    assert monitor_spec("classify", "auto") == ("accuracy", True)
+    assert monitor_spec("classify", "auto") == ("balanced_accuracy", True)
     assert monitor_spec("segment", "auto") == ("dice_tumor", True)
     assert monitor_spec("segment", "loss") == ("loss", False)
 

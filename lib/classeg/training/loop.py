@@ -60,9 +60,11 @@ def seed_everything(seed: int, *, rank: int, epoch: int) -> None:
 
 
 def monitor_spec(task: str, monitor: str) -> tuple[str, bool]:
-    """(validation metric name, higher is better). ``auto``: accuracy (classify) or dice_tumor (segment)."""
+    """(validation metric name, higher is better). ``auto``: balanced_accuracy (classify: accuracy rewards
+    predicting the majority class; roc_auc saturates early and is undefined on a one-class split) or
+    dice_tumor (segment)."""
     if monitor == "auto":
-        monitor = "accuracy" if task == "classify" else "dice_tumor"
+        monitor = "balanced_accuracy" if task == "classify" else "dice_tumor"
     return monitor, monitor != "loss"
 
 
