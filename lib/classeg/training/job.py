@@ -209,7 +209,7 @@ def run_training(spark, cfg: Config) -> dict:
     if train.engine == "torch":
         torch_local_mode(spark, train.torch_mode)
     scans, output = _uri(train.scans), _uri(train.output)
-    frame, summary = read_scan_table(spark, scans)
+    frame, summary = read_scan_table(spark, scans, s3_cfg=s3_settings)
     class_names = list(summary.get("class_names") or [])
     if task == "classify" and len(class_names) < 2:
         raise ValueError(f"a classifier needs at least 2 classes; scan table {scans!r} has {class_names}")
