@@ -179,7 +179,7 @@ def test_manifest_on_s3(s3, moto_endpoint):
     assert keys[0].startswith("scores/_manifest/2024-05-01T03-00Z-") and keys[0].endswith(".parquet")
     assert keys[1:] == ["scores/_runs/2024-05-01T03-00Z.json"]
 
-    s3.write_bytes(Bucket=output, Key="scores/_manifest/broken.parquet", Body=b"not parquet")
+    s3.put_object(Bucket=output, Key="scores/_manifest/broken.parquet", Body=b"not parquet")
     with pytest.raises(ArchiveError, match="scores/_manifest/broken.parquet"):
         Manifest.load(output_uri, s3_cfg=cfg)
 
