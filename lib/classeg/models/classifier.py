@@ -26,8 +26,8 @@ already in torch's hub cache, and otherwise raises `WeightsUnavailableError` nam
 from __future__ import annotations
 
 import logging
+import io
 import os
-import tempfile
 import urllib.error
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -332,8 +332,8 @@ def imagenet_state_dict(arch: str, *, variant: str = "DEFAULT") -> dict[str, tor
 def read_state_dict(source: str | os.PathLike, *, endpoint_url: str | None = None) -> dict[str, torch.Tensor]:
     """Load a state dict from a local path (or ``file://`` URI) or an ``s3://bucket/key`` URI.
 
-    S3 objects are downloaded with boto3 to a temporary file that is removed afterwards; ``endpoint_url``
-    is passed to the client (None lets boto3 honour ``AWS_ENDPOINT_URL`` and its usual credential chain).
+    S3 objects are read through :func:`classeg.io.files.read_bytes` (the one client factory, with retries);
+    ``endpoint_url`` overrides the default S3 settings' endpoint (None lets boto3 honour ``AWS_ENDPOINT_URL``).
     Files are read with ``torch.load(weights_only=True)`` onto the CPU. A checkpoint dict holding the
     weights under ``"state_dict"`` or ``"model"`` is unwrapped, and a ``module.`` prefix on every key
     (from DistributedDataParallel) is stripped.
@@ -342,21 +342,19 @@ def read_state_dict(source: str | os.PathLike, *, endpoint_url: str | None = Non
         raise ValueError(f"weights source must be a path or s3:// URI, got {source!r}")
     source = os.fspath(source)
     if source.startswith("s3://"):
-        parsed = urlparse(source)
-        bucket, key = parsed.netloc, parsed.path.lstrip("/")
-        if not bucket or not key:
-            raise ValueError(f"s3 URI must look like s3://bucket/key, got {source!r}")
-        import boto3
-        import botocore.exceptions
+        from classeg.errors import ArchiveError
+        from classeg.io.files import read_bytes
+        from classeg.io.s3 import S3Settings
 
-        client = boto3.client("s3", endpoint_url=endpoint_url)
-        with tempfile.TemporaryDirectory(prefix="classeg-weights-") as tmp:
-            local = os.path.join(tmp, os.path.basename(key) or "weights.pth")
-            try:
-                client.download_file(bucket, key, local)
-            except botocore.exceptions.ClientError as err:
-                raise FileNotFoundError(f"cannot fetch weights {source}: {err}") from err
-            state = torch.load(local, map_location="cpu", weights_only=True)
+        parsed = urlparse(source)
+        if not parsed.netloc or not parsed.path.lstrip("/"):
+            raise ValueError(f"s3 URI must look like s3://bucket/key, got {source!r}")
+        settings = S3Settings.of({"endpoint_url": endpoint_url} if endpoint_url else None)
+        try:
+            data = read_bytes(source, s3_cfg=settings)  # the one S3 client and retry loop
+        except ArchiveError as err:
+            raise FileNotFoundError(f"cannot fetch weights {source}: {err}") from err
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     else:
         path = source[len("file://"):] if source.startswith("file://") else source
         if not os.path.isfile(path):
