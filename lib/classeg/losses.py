@@ -275,6 +275,34 @@ def cross_entropy_loss(*, class_weights: Sequence[float] | torch.Tensor | None =
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
 
+class MaskSupervisedLoss(nn.Module):
+    """The classifier's loss with lesion-map supervision: ``cross_entropy(logits, labels) + weight *
+    BCE(lesion_logits, cell_targets)``.
+
+    ``forward(output, target)``: ``output`` is ``(logits (N, K), lesion_logits (N, 1, h, w))`` and
+    ``target`` ``(labels (N,) int64, masks (N, 1, H, W) in {0, 1})`` in training; a cell's target is 1 when
+    any mask pixel under it is tumour (max pooling to the map's grid). ``output`` logits alone with
+    ``target`` labels alone (evaluation, where the model returns logits only) give the cross entropy.
+    Tumour cells are a few in a thousand, so positives weigh ``pos_weight`` times more in the BCE: without
+    that the map learns "never tumour".
+    """
+
+    def __init__(self, cross_entropy: nn.Module, *, weight: float = 1.0, pos_weight: float = 20.0):
+        super().__init__()
+        self.cross_entropy = cross_entropy
+        self.weight = _check_number("weight", weight)
+        self.register_buffer("pos_weight", torch.tensor(_check_number("pos_weight", pos_weight, strict=True)))
+
+    def forward(self, output, target) -> torch.Tensor:
+        if not isinstance(output, tuple):
+            return self.cross_entropy(output, target[0] if isinstance(target, tuple) else target)
+        logits, lesion_logits = output
+        labels, masks = target
+        cells = F.adaptive_max_pool2d(masks.float(), lesion_logits.shape[-2:])
+        mask_loss = F.binary_cross_entropy_with_logits(lesion_logits.float(), cells, pos_weight=self.pos_weight)
+        return self.cross_entropy(logits.float(), labels) + self.weight * mask_loss
+
+
 _FACTORIES = {
     "focal_tversky": FocalTverskyLoss,
     "tversky": TverskyLoss,

@@ -357,7 +357,7 @@ def test_weights_class_names_must_match(tmp_path):
     save_artifact(str(tmp_path / "art"), model=model, task="classify", class_names=["no", "yes"], input_spec=SPEC)
     common = dict(task="classify", arch="resnet18", head="linear", base_filters=16)
     assert resolve_weights(str(tmp_path / "art"), class_names=["no", "yes"], **common) == \
-        {"kind": "full", "uri": str(tmp_path / "art") + "/weights.pt"}
+        {"kind": "full", "uri": str(tmp_path / "art") + "/weights.pt", "lesion_map": False}
     with pytest.raises(ValueError, match=r"class names \['no', 'yes'\].*\['glioma', 'meningioma'\]"):
         resolve_weights(str(tmp_path / "art"), class_names=["glioma", "meningioma"], **common)
     with pytest.raises(ValueError, match="this run needs"):

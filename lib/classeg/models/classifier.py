@@ -10,6 +10,14 @@ A classifier is a `ClassifierNet`: a torchvision ResNet whose `fc` is removed (`
 The forward pass returns **logits** (N, num_classes); `predict_proba` applies the softmax. Binary problems
 use ``num_classes=2`` (softmax), as the published models do.
 
+Lesion map (``lesion_class`` set, binary tumour/no-tumour models trained with mask supervision): a 1x1
+convolution on ``layer2`` (stride 8) scores every 8x8 cell for "tumour here"; the maximum over cells is
+added to the logit of class ``lesion_class``. A pooled global feature dilutes a lesion of a few dozen
+pixels among 16 000; a cell-level maximum does not, so small lesions on real anatomy stay visible to the
+classifier. In training mode with ``emit_lesion_map`` set, forward returns ``(logits, lesion_logits)``
+(lesion logits (N, 1, H/8, W/8)) for the mask loss (`classeg.losses.MaskSupervisedLoss`); otherwise the
+logits alone, so scoring and evaluation see one tensor either way.
+
 Transfer strategies (what trains):
 
 - ``frozen``: only the head. The backbone's parameters have ``requires_grad=False`` and its BatchNorm
@@ -53,6 +61,8 @@ _FROZEN_STAGES = {
     "finetune": (),
 }
 _FEATURES = {"resnet18": 512, "resnet50": 2048}
+#: Channels of ``layer2``'s output, where the lesion map reads.
+_LESION_FEATURES = {"resnet18": 128, "resnet50": 512}
 # Listing a few hundred key names in an error helps nobody.
 _MAX_KEYS_IN_ERROR = 20
 
@@ -70,7 +80,9 @@ class ClassifierNet(nn.Module):
 
     Attributes: ``backbone`` (torchvision ResNet with ``fc = Identity``), ``head`` (the head module),
     ``arch``, ``num_classes``, ``head_type`` ("linear" or "dense"; ``describe()["head"]``), ``strategy``,
-    ``dropout``, ``in_channels``, ``input_size``, ``mean``, ``std`` (tuples of floats, one per input channel).
+    ``dropout``, ``in_channels``, ``input_size``, ``mean``, ``std`` (tuples of floats, one per input channel),
+    ``lesion_class`` (None, or the class whose logit the lesion map raises; then ``lesion`` is the map's
+    1x1 convolution) and ``emit_lesion_map`` (train-time flag, see the module docstring).
     Build with `build_classifier`.
     """
 
@@ -88,6 +100,7 @@ class ClassifierNet(nn.Module):
         input_size: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        lesion_class: int | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -101,6 +114,9 @@ class ClassifierNet(nn.Module):
         self.input_size = input_size
         self.mean = mean
         self.std = std
+        self.lesion_class = lesion_class
+        self.lesion = None if lesion_class is None else nn.Conv2d(_LESION_FEATURES[arch], 1, kernel_size=1)
+        self.emit_lesion_map = False
         self._apply_strategy()
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -128,7 +144,19 @@ class ClassifierNet(nn.Module):
             )
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
-        return self.head(self.backbone(x))
+        if self.lesion is None:
+            return self.head(self.backbone(x))
+        net = self.backbone
+        features = net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))
+        lesion_logits = self.lesion(features)
+        pooled = torch.flatten(net.avgpool(net.layer4(net.layer3(features))), 1)
+        logits = self.head(pooled)
+        boost = torch.zeros_like(logits)
+        boost[:, self.lesion_class] = lesion_logits.flatten(1).amax(dim=1)
+        logits = logits + boost
+        if self.training and self.emit_lesion_map:
+            return logits, lesion_logits
+        return logits
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,6 +175,7 @@ class ClassifierNet(nn.Module):
             "input_size": self.input_size,
             "mean": list(self.mean),
             "std": list(self.std),
+            "lesion_class": self.lesion_class,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -167,6 +196,7 @@ class ClassifierNet(nn.Module):
             "mean": list(self.mean),
             "std": list(self.std),
             "output": "logits (apply softmax for probabilities)",
+            "lesion_class": self.lesion_class,
             "total_parameters": sum(p.numel() for p in self.parameters()),
             "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad),
             "config": self.config(),
@@ -227,6 +257,7 @@ def build_classifier(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     endpoint_url: str | None = None,
+    lesion_class: int | None = None,
 ) -> ClassifierNet:
     """Build a ResNet tumour classifier.
 
@@ -250,6 +281,9 @@ def build_classifier(
         mean, std: per-channel normalisation the weights expect, one value per input channel; default
             ImageNet statistics (their RGB average for 1 channel).
         endpoint_url: S3 endpoint for ``s3://`` weights; None lets boto3 use ``AWS_ENDPOINT_URL`` or AWS.
+        lesion_class: None (no lesion map), or the index of the tumour class whose logit the lesion map
+            raises (see the module docstring); trained with a mask loss, it is how a from-scratch ResNet
+            finds lesions of a few millimetres on real anatomy.
 
     Returns:
         A `ClassifierNet` in train mode (frozen stages in eval mode).
@@ -265,6 +299,9 @@ def build_classifier(
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32:
         raise ValueError(f"input_size must be an int >= 32, got {input_size!r}")
+    if lesion_class is not None and (isinstance(lesion_class, bool) or not isinstance(lesion_class, int)
+                                     or not 0 <= lesion_class < num_classes):
+        raise ValueError(f"lesion_class must be None or a class index in [0, {num_classes}), got {lesion_class!r}")
     mean_t = _channel_stats("mean", mean, IMAGENET_MEAN, in_channels)
     std_t = _channel_stats("std", std, IMAGENET_STD, in_channels)
 
@@ -289,6 +326,7 @@ def build_classifier(
         input_size=input_size,
         mean=mean_t,
         std=std_t,
+        lesion_class=lesion_class,
     )
     logger.debug("built %s/%s classifier (%s), weights=%r", arch, head, strategy,
                  weights if not isinstance(weights, Mapping) else "<state dict>")
@@ -472,8 +510,8 @@ def parameter_groups(
     backbone_lr_scale: float = 0.1,
     weight_decay: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: trainable backbone parameters at ``lr * backbone_lr_scale``, head at
-    ``lr``. Frozen parameters are left out (so ``frozen`` yields only the head group; ``partial`` a
+    """Optimizer parameter groups: trainable backbone parameters at ``lr * backbone_lr_scale``, head (and
+    the lesion map's convolution) at ``lr``. Frozen parameters are left out (so ``frozen`` yields only the head group; ``partial`` a
     ``layer4`` group and the head). Each group carries a ``name`` ("backbone"/"head") key that torch
     optimizers keep, so a trainer or scheduler can find it; empty groups are omitted.
 
@@ -489,6 +527,8 @@ def parameter_groups(
     groups = []
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     head = [p for p in model.head.parameters() if p.requires_grad]
+    if model.lesion is not None:  # a new layer like the head, trained at the head's rate
+        head += [p for p in model.lesion.parameters() if p.requires_grad]
     if backbone:
         groups.append({"name": "backbone", "params": backbone, "lr": lr * backbone_lr_scale,
                        "weight_decay": weight_decay})

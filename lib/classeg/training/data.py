@@ -104,9 +104,10 @@ def split_counts(frame) -> dict[str, dict[str, Any]]:
     return counts
 
 
-def task_frame(frame, *, split: str, task: str, tumor_only: bool):
-    """The rows and columns of ``split`` that a task reads: classify -> scan_id, image, label; segment ->
-    scan_id, image, mask (only tumour slices when ``tumor_only``)."""
+def task_frame(frame, *, split: str, task: str, tumor_only: bool, with_mask: bool = False):
+    """The rows and columns of ``split`` that a task reads: classify -> scan_id, image, label (and mask when
+    ``with_mask``: a mask-supervised classifier); segment -> scan_id, image, mask (only tumour slices when
+    ``tumor_only``)."""
     from pyspark.sql import functions as F
 
     rows = frame.filter(F.col("split") == split)
@@ -114,7 +115,7 @@ def task_frame(frame, *, split: str, task: str, tumor_only: bool):
         if tumor_only:
             rows = rows.filter(F.col("has_tumor") == True)  # noqa: E712 (a Spark Column comparison)
         return rows.select("scan_id", "image", "mask")
-    return rows.select("scan_id", "image", "label")
+    return rows.select("scan_id", "image", "label", *(["mask"] if with_mask else []))
 
 
 def row_group_count(rows: int, processes: int) -> int:
@@ -152,13 +153,13 @@ def deal_rows(spark, frame, *, row_groups: int, seed: int):
 
 
 def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows: int, processes: int,
-                  seed: int) -> SplitData:
+                  seed: int, with_mask: bool = False) -> SplitData:
     """Materialise one split for Petastorm (the cache location is Spark's
     ``petastorm.spark.converter.parentCacheDirUrl``, set by the caller). Driver only."""
     from petastorm.spark import make_spark_converter
 
     row_groups = row_group_count(rows, processes)
-    dealt = deal_rows(spark, task_frame(frame, split=split, task=task, tumor_only=tumor_only),
+    dealt = deal_rows(spark, task_frame(frame, split=split, task=task, tumor_only=tumor_only, with_mask=with_mask),
                       row_groups=row_groups, seed=seed)
     petastorm_log = logging.getLogger("petastorm.spark.spark_dataset_converter")
     level = petastorm_log.level
@@ -183,14 +184,15 @@ def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows
 
 # ---------------------------------------------------------------------------------------------- rank side
 def decode_example(image_png: bytes, mask_png: bytes | None, *, task: str, input_spec: dict, augment: bool,
-                   seed: int, epoch: int, scan_id: str):
-    """One scan row -> (model input float32 (C, S, S), mask float32 (1, S, S) or None). Pure numpy/PIL;
-    augmentation (train only) is drawn from a generator seeded by (seed, epoch, scan_id)."""
+                   seed: int, epoch: int, scan_id: str, with_mask: bool = False):
+    """One scan row -> (model input float32 (C, S, S), mask float32 (1, S, S) or None; the mask for the
+    segmenter or when ``with_mask``, all zeros for a row without one). Pure numpy/PIL; augmentation (train
+    only) is drawn from a generator seeded by (seed, epoch, scan_id), the same geometry for image and mask."""
     from classeg import imaging, transforms
 
     image = imaging.decode_png(bytes(image_png))
     mask = None
-    if task == "segment":
+    if task == "segment" or with_mask:
         mask = (imaging.decode_png(bytes(mask_png)) if mask_png is not None
                 else np.zeros(image.shape[:2], dtype=np.uint8))
         if mask.ndim == 3:
@@ -206,10 +208,11 @@ def decode_example(image_png: bytes, mask_png: bytes | None, *, task: str, input
     return features, target
 
 
-def make_transform_spec(*, task: str, input_spec: dict, augment: bool, seed: int, epoch: int):
+def make_transform_spec(*, task: str, input_spec: dict, augment: bool, seed: int, epoch: int,
+                        with_mask: bool = False):
     """Petastorm `TransformSpec` over a row group (a pandas DataFrame of scan rows) producing ``image``
-    (float32 (C, S, S)), ``label`` (int64, classify) or ``mask`` (float32 (1, S, S), segment) and
-    ``scan_key`` (int64)."""
+    (float32 (C, S, S)), ``label`` (int64, classify), ``mask`` (float32 (1, S, S), segment, or classify
+    ``with_mask``) and ``scan_key`` (int64)."""
     import pandas as pd
     from petastorm import TransformSpec
 
@@ -217,23 +220,24 @@ def make_transform_spec(*, task: str, input_spec: dict, augment: bool, seed: int
 
     def transform(rows: pd.DataFrame) -> pd.DataFrame:
         images, masks = [], []
-        masks_in = rows["mask"] if task == "segment" else [None] * len(rows)
+        masks_in = rows["mask"] if task == "segment" or with_mask else [None] * len(rows)
         for scan_id, image_png, mask_png in zip(rows["scan_id"], rows["image"], masks_in):
             features, target = decode_example(image_png, mask_png, task=task, input_spec=input_spec,
-                                              augment=augment, seed=seed, epoch=epoch, scan_id=scan_id)
+                                              augment=augment, seed=seed, epoch=epoch, scan_id=scan_id,
+                                              with_mask=with_mask)
             images.append(features)
             masks.append(target)
         out = pd.DataFrame({"image": images, "scan_key": [scan_key(s) for s in rows["scan_id"]]})
-        if task == "segment":
+        if task == "segment" or with_mask:
             out["mask"] = masks
-        else:
+        if task == "classify":
             out["label"] = rows["label"].astype("int64").to_numpy()
         return out
 
     fields = [("image", np.float32, (channels, size, size), False), ("scan_key", np.int64, (), False)]
-    if task == "segment":
+    if task == "segment" or with_mask:
         fields.append(("mask", np.float32, (1, size, size), False))
-    else:
+    if task == "classify":
         fields.append(("label", np.int64, (), False))
     return TransformSpec(transform, edit_fields=fields, selected_fields=[name for name, *_ in fields])
 
@@ -245,7 +249,7 @@ def reader_seed(seed: int, epoch: int, pass_index: int) -> int:
 
 
 def open_loader(data: Shards, *, task: str, input_spec: dict, batch_size: int, rank: int, size: int,
-                seed: int, epoch: int, train: bool, augment: bool, pass_index: int = 0):
+                seed: int, epoch: int, train: bool, augment: bool, pass_index: int = 0, with_mask: bool = False):
     """Context manager yielding one pass over this rank's shard (`classeg.training.shards.ShardPass`: an
     iterable of batches that raises if the pass ends short of the shard's rows).
 
@@ -254,7 +258,7 @@ def open_loader(data: Shards, *, task: str, input_spec: dict, batch_size: int, r
     from classeg.training.shards import open_shard_pass
 
     spec = make_transform_spec(task=task, input_spec=input_spec, augment=augment and train, seed=seed,
-                               epoch=epoch)
+                               epoch=epoch, with_mask=with_mask)
     return open_shard_pass(
         list(data.file_urls), rank=rank, size=size, expected_rows=data.shard_rows[rank],
         what=f"rank {rank}'s shard of the {data.split} split", batch_size=batch_size,

@@ -94,7 +94,8 @@ def resolve_weights(weights: str | None, *, task: str, arch: str, head: str, bas
         if mismatched:
             raise ValueError(f"--weights {weights!r} is a {config} model; this run needs {expected} "
                              f"(artifact value, requested value: {mismatched})")
-        return {"kind": "full", "uri": join(weights, meta.get("weights", "weights.pt"))}
+        return {"kind": "full", "uri": join(weights, meta.get("weights", "weights.pt")),
+                "lesion_map": config.get("lesion_class") is not None}
     import torch
 
     data = read_bytes(weights, s3_cfg=s3_cfg)  # FileNotFoundError names the URI
@@ -105,7 +106,8 @@ def resolve_weights(weights: str | None, *, task: str, arch: str, head: str, bas
                          f"{err}") from err
     if isinstance(content, dict) and content.get("format") == checkpoints.FORMAT:
         _check_source(weights, content.get("task"), content.get("class_names"), task=task, class_names=class_names)
-        return {"kind": "full", "uri": weights}
+        state = content.get("model") or {}
+        return {"kind": "full", "uri": weights, "lesion_map": any(str(k).startswith("lesion.") for k in state)}
     return {"kind": "backbone" if task == "classify" else "full", "uri": weights}
 
 
@@ -192,6 +194,39 @@ def _class_weights(train, counts: dict, class_names: list[str]) -> list[float] |
     return weights
 
 
+def lesion_class(train, counts: dict, class_names: list[str], weights: dict) -> int | None:
+    """The class whose logit a mask-supervised lesion map raises, or None for no lesion map.
+
+    On for a binary tumour/no-tumour classifier (`classeg.labels`) whose train split has masks, when
+    ``train.mask_supervision`` is on; a full classeg model given as ``--weights`` keeps its own
+    architecture (with or without the map). Off, with the reason logged, otherwise."""
+    from classeg.labels import TumorClassError, tumor_class_names
+
+    if train.task != "classify":
+        return None
+    inherited = weights.get("lesion_map")
+    wanted = train.mask_supervision if inherited is None else inherited
+    if not wanted:
+        return None
+    try:
+        tumor = tumor_class_names(class_names)
+    except TumorClassError:
+        tumor = []
+    why_not = None
+    if len(class_names) != 2 or len(tumor) != 1:
+        why_not = f"classes {class_names} are not one tumour and one no-tumour class"
+    elif counts["train"]["masks"] == 0:
+        why_not = "the train split has no masks"
+    if why_not is None:
+        index = class_names.index(tumor[0])
+        log.info("mask supervision: a lesion map raises class %r, trained on the train split's masks", tumor[0])
+        return index
+    if inherited:
+        raise ValueError(f"--weights is a classifier with a lesion map, which needs masks to train, but {why_not}")
+    log.info("mask supervision off: %s", why_not)
+    return None
+
+
 def run_training(spark, cfg: Config) -> dict:
     """Train ``cfg.train.task`` on the scan table ``cfg.train.scans``; returns rank 0's result (run id,
     artifact location, history, test metrics, per-rank weight checksums, ...). Driver only."""
@@ -227,13 +262,14 @@ def run_training(spark, cfg: Config) -> dict:
     spec = input_spec(task, image_size=train.image_size, channels=_channels(frame) if task == "segment" else 3)
     model = ModelSpec.from_train_config(config["train"], class_names=class_names, input_spec=spec, weights=weights,
                                         class_weights=_class_weights(train, counts, class_names),
-                                        endpoint_url=s3_settings.get("endpoint_url"))
+                                        endpoint_url=s3_settings.get("endpoint_url"),
+                                        lesion_class=lesion_class(train, counts, class_names, weights))
     prepared: dict[str, SplitData] = {}
     try:
         for split in SPLITS:
             prepared[split] = prepare_split(spark, frame, split=split, task=task, rows=rows[split],
                                             tumor_only=tumor_only and split != "test", processes=train.num_proc,
-                                            seed=train.seed)
+                                            seed=train.seed, with_mask=model.mask_supervised and split == "train")
         plan = TrainPlan(
             model=model, recipe=Recipe.from_train_config(config["train"]),
             splits={split: data.shards for split, data in prepared.items()}, run_id=run_id, run_uri=run_uri,

@@ -90,9 +90,11 @@ def build_model(spec: ModelSpec, *, load_weights: bool):
         model = build_classifier(arch=spec.arch, num_classes=len(spec.class_names), head=spec.head,
                                  strategy=spec.strategy, weights=weights["uri"] if kind == "backbone" else None,
                                  input_size=input_spec["size"], in_channels=input_spec["channels"],
-                                 mean=input_spec["mean"], std=input_spec["std"], endpoint_url=endpoint)
+                                 mean=input_spec["mean"], std=input_spec["std"], endpoint_url=endpoint,
+                                 lesion_class=spec.lesion_class)
         if kind == "full":
             load_classifier_state(model, read_state_dict(weights["uri"], endpoint_url=endpoint))
+        model.emit_lesion_map = spec.mask_supervised
         return model
     return build_resunet(in_channels=input_spec["channels"], base_filters=spec.base_filters,
                          weights=weights["uri"] if kind in ("full", "backbone") else None, endpoint_url=endpoint)
@@ -111,16 +113,26 @@ def build_loss_for(task: str, *, num_classes: int, loss: str = "focal_tversky", 
 
 
 def build_loss(spec: ModelSpec, device):
-    """The training loss of ``spec``'s task, on ``device``."""
-    return build_loss_for(spec.task, num_classes=len(spec.class_names), loss=spec.loss,
-                          label_smoothing=spec.label_smoothing, class_weights=spec.class_weights).to(device)
+    """The training loss of ``spec``'s task, on ``device`` (with the lesion map's mask loss when
+    ``spec.mask_supervised``)."""
+    from classeg import losses
+
+    loss = build_loss_for(spec.task, num_classes=len(spec.class_names), loss=spec.loss,
+                          label_smoothing=spec.label_smoothing, class_weights=spec.class_weights)
+    if spec.mask_supervised:
+        loss = losses.MaskSupervisedLoss(loss, weight=spec.mask_loss_weight)
+    return loss.to(device)
 
 
-def _batch_to_device(batch: dict, task: str, device, channels_last: bool):
+def _batch_to_device(batch: dict, task: str, device, channels_last: bool, *, with_mask: bool = False):
+    """(images, target): labels (classify), masks (segment), or (labels, masks) for a mask-supervised
+    classifier's training step (``with_mask``)."""
     import torch
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+    if task == "classify" and with_mask:
+        return images, (batch["label"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True))
     target = batch["label"] if task == "classify" else batch["mask"]
     return images, target.to(device, non_blocking=True)
 
@@ -135,7 +147,7 @@ def train_step(train_model, images, target, *, loss_fn, optimizer, scaler, coll:
     with sync:
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
             output = train_model(images)
-            loss = loss_fn(output.float(), target)
+            loss = loss_fn(tuple(o.float() for o in output) if isinstance(output, tuple) else output.float(), target)
         scaler.scale(loss / accum_steps).backward()
     if last_micro:
         coll.optimizer_step(optimizer, scaler)
@@ -331,6 +343,12 @@ def run(plan: TrainPlan, coll: Collectives) -> dict | None:
     return finish(ctx, state)
 
 
+def backbone_lr_scale(plan: TrainPlan) -> float:
+    """``train.backbone_lr_scale`` for a backbone that starts from trained weights, 1 for one trained from
+    scratch: a slower backbone protects what pretrained features know, and a random one knows nothing."""
+    return plan.recipe.backbone_lr_scale if plan.model.weights.get("kind", "none") != "none" else 1.0
+
+
 def setup(plan: TrainPlan, coll: Collectives) -> tuple[RankContext, TrainState]:
     """This rank's model (rank 0's initial weights everywhere), optimizer, schedule, loss and state; when the
     plan resumes, all restored from ``last.pt`` (every rank reads it from the shared storage itself; the
@@ -349,7 +367,7 @@ def setup(plan: TrainPlan, coll: Collectives) -> tuple[RankContext, TrainState]:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, task=plan.task, optimizer=recipe.optimizer, lr=recipe.lr * coll.size,
                                 weight_decay=recipe.weight_decay, momentum=recipe.momentum,
-                                backbone_lr_scale=recipe.backbone_lr_scale)
+                                backbone_lr_scale=backbone_lr_scale(plan))
     accum = recipe.grad_accum_steps
     micro_steps = math.ceil(plan.splits["train"].steps(recipe.batch_size) / accum) * accum
     monitor, higher_is_better = monitor_spec(plan.task, recipe.monitor)
@@ -396,7 +414,8 @@ def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[fl
         for micro, batch in enumerate(batches):
             if keys is not None:
                 keys.update(int(k) for k in batch["scan_key"])
-            images, target = _batch_to_device(batch, plan.task, ctx.device, ctx.channels_last)
+            images, target = _batch_to_device(batch, plan.task, ctx.device, ctx.channels_last,
+                                              with_mask=plan.model.mask_supervised)
             last_micro = (micro + 1) % accum == 0
             if micro % accum == 0:
                 ctx.schedule.apply(ctx.optimizer, state.step)
@@ -532,4 +551,4 @@ def _train_batches(plan: TrainPlan, *, rank: int, size: int, epoch: int, steps: 
 
     return epoch_batches(plan.splits["train"], steps=steps, task=plan.task, input_spec=plan.model.input_spec,
                          batch_size=plan.recipe.batch_size, rank=rank, size=size, seed=plan.recipe.seed,
-                         epoch=epoch, augment=plan.recipe.augment)
+                         epoch=epoch, augment=plan.recipe.augment, with_mask=plan.model.mask_supervised)

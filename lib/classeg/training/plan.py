@@ -32,7 +32,9 @@ class ModelSpec:
     `classeg.training.job.input_spec`). ``weights``: ``{"kind": "none" | "backbone" | "full", "uri": ...}``
     (`classeg.training.job.resolve_weights`). ``class_weights``: one cross-entropy weight per class, or None.
     ``arch``/``head``/``strategy`` apply to classifiers, ``base_filters`` to the segmenter, ``loss`` (the
-    segmenter's) and ``label_smoothing`` (the classifier's) to the loss.
+    segmenter's) and ``label_smoothing`` (the classifier's) to the loss. ``lesion_class``: None, or the
+    tumour class whose logit a mask-supervised lesion map raises (`classeg.models.build_classifier`); then
+    the classifier reads masks too and ``mask_loss_weight`` weighs their loss.
     """
 
     task: str
@@ -47,18 +49,26 @@ class ModelSpec:
     weights: Mapping[str, Any] = field(default_factory=lambda: dict(NO_WEIGHTS))
     class_weights: tuple[float, ...] | None = None
     endpoint_url: str | None = None
+    lesion_class: int | None = None
+    mask_loss_weight: float = 0.0
+
+    @property
+    def mask_supervised(self) -> bool:
+        """Whether the classifier trains with a lesion map and reads masks."""
+        return self.task == "classify" and self.lesion_class is not None
 
     @classmethod
     def from_train_config(cls, train: Mapping[str, Any], *, class_names, input_spec: Mapping[str, Any],
                           weights: Mapping[str, Any] | None = None, class_weights=None,
-                          endpoint_url: str | None = None) -> "ModelSpec":
+                          endpoint_url: str | None = None, lesion_class: int | None = None) -> "ModelSpec":
         """The spec from the ``train`` config section (a mapping) and what the driver found out."""
         return cls(task=str(train["task"]), class_names=tuple(class_names), input_spec=dict(input_spec),
                    arch=str(train["arch"]), head=str(train["head"]), strategy=str(train["strategy"]),
                    base_filters=int(train["base_filters"]), loss=str(train["loss"]),
                    label_smoothing=float(train["label_smoothing"]), weights=dict(weights or NO_WEIGHTS),
                    class_weights=None if class_weights is None else tuple(float(w) for w in class_weights),
-                   endpoint_url=endpoint_url)
+                   endpoint_url=endpoint_url, lesion_class=lesion_class,
+                   mask_loss_weight=float(train["mask_loss_weight"]) if lesion_class is not None else 0.0)
 
 
 @dataclass(frozen=True)
