@@ -121,6 +121,13 @@ def test_a_mask_supervised_train_step_learns_the_lesion_map():
     assert not torch.equal(model.lesion.bias, bias)  # the mask loss reached the map
 
 
+def test_a_negative_mask_loss_weight_is_refused_naming_the_key():
+    train = {"task": "classify", "arch": "resnet18", "head": "linear", "strategy": "finetune", "base_filters": 4,
+             "label_smoothing": 0.0, "loss": "dice", "mask_loss_weight": -1.0}
+    with pytest.raises(ValueError, match="train.mask_loss_weight must be >= 0, got -1.0"):
+        ModelSpec.from_train_config(train, class_names=["no", "yes"], input_spec=SPEC, lesion_class=1)
+
+
 def test_backbone_lr_scale_applies_to_trained_backbones_only():
     recipe = types.SimpleNamespace(backbone_lr_scale=0.1)
     scratch = types.SimpleNamespace(model=_spec(), recipe=recipe)

@@ -62,6 +62,8 @@ class ModelSpec:
                           weights: Mapping[str, Any] | None = None, class_weights=None,
                           endpoint_url: str | None = None, lesion_class: int | None = None) -> "ModelSpec":
         """The spec from the ``train`` config section (a mapping) and what the driver found out."""
+        if lesion_class is not None and not float(train["mask_loss_weight"]) >= 0:
+            raise ValueError(f"train.mask_loss_weight must be >= 0, got {train['mask_loss_weight']!r}")
         return cls(task=str(train["task"]), class_names=tuple(class_names), input_spec=dict(input_spec),
                    arch=str(train["arch"]), head=str(train["head"]), strategy=str(train["strategy"]),
                    base_filters=int(train["base_filters"]), loss=str(train["loss"]),
