@@ -21,6 +21,11 @@ setup(
         "pillow",
         "pyyaml",
         "pydicom",
+        "pylibjpeg",
+        "pylibjpeg-libjpeg",
+        "pylibjpeg-openjpeg",
+        "pylibjpeg-rle",
+        "nibabel",
         "matplotlib",
     ],
     extras_require={

@@ -1,8 +1,11 @@
-"""Decode, normalise, resize and encode scans: pure numpy + PIL (+ tifffile, h5py, pydicom for their formats).
+"""Decode, normalise, resize and encode scans: pure numpy + PIL (+ tifffile, h5py for their formats; DICOM in
+:mod:`classeg.dicom`, NIfTI in :mod:`classeg.volumes`).
 
 Conventions: images are numpy arrays ``(H, W)`` (grayscale) or ``(H, W, C)`` with C in {3, 4} (channels last);
 canonical scans are ``uint8``. Masks are ``(H, W)`` bool in memory and ``{0, 255}`` uint8 on disk (PNG).
 Every decoding failure raises :class:`DecodeError` carrying a short machine-readable ``reason``.
+:func:`decode_file` is the one entry point for a file that may hold several images (multi-frame DICOM, NIfTI
+volumes) or none (skipped DICOM objects); :func:`decode_scan` is its one-image form.
 """
 from __future__ import annotations
 
@@ -13,28 +16,33 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-REASONS = ("empty", "unsupported", "undecodable", "truncated", "too_large", "bad_structure", "unreadable")
+from classeg.decoded import REASONS, DecodeError, ReadSettings, ScanFile, ScanImage
+from classeg.dicom import read_dicom
+from classeg.volumes import is_nifti, read_nifti
+
+__all__ = ["ALL_EXTENSIONS", "DecodeError", "FigshareRecord", "IMAGE_EXTENSIONS", "REASONS", "ReadSettings",
+           "ScanFile", "ScanImage", "canonical", "decode_file", "decode_pil", "decode_png", "decode_scan",
+           "encode_png", "read_cvind", "read_figshare_mat", "resize_image", "resize_mask", "sniff_format",
+           "to_uint8"]
 
 # File types we can decode, by extension (used when magic bytes are ambiguous).
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-ALL_EXTENSIONS = IMAGE_EXTENSIONS + (".mat", ".dcm", ".dicom")
-
-
-class DecodeError(ValueError):
-    """A file could not be turned into an image. ``reason`` is one of REASONS; the message says why."""
-
-    def __init__(self, reason: str, message: str):
-        if reason not in REASONS:
-            raise ValueError(f"reason must be one of {REASONS}, got {reason!r}")
-        super().__init__(message)
-        self.reason = reason
+VOLUME_EXTENSIONS = (".dcm", ".dicom", ".nii", ".nii.gz")
+ALL_EXTENSIONS = IMAGE_EXTENSIONS + (".mat",) + VOLUME_EXTENSIONS
 
 
 def sniff_format(data: bytes, name: str = "") -> str:
-    """Return 'tiff', 'jpeg', 'png', 'webp', 'mat', 'dicom', 'bmp', 'gif' or 'unknown' from magic bytes,
-    falling back to the extension of ``name``. Raises DecodeError('empty') for zero bytes."""
+    """Return 'dicom', 'nifti', 'tiff', 'jpeg', 'png', 'webp', 'mat', 'bmp', 'gif' or 'unknown' from magic
+    bytes, falling back to the extension of ``name``. Raises DecodeError('empty') for zero bytes.
+
+    ``DICM`` at offset 128 is tested first: DICOM PS3.10 lets the 128-byte preamble hold another format's
+    header (dual-personality files, e.g. a TIFF header), and such a file is DICOM."""
     if not data:
         raise DecodeError("empty", f"{name or 'file'} is empty (0 bytes)")
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "dicom"
+    if is_nifti(data):
+        return "nifti"
     head = data[:16]
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
@@ -50,11 +58,11 @@ def sniff_format(data: bytes, name: str = "") -> str:
         return "gif"
     if data[:19] == b"MATLAB 7.3 MAT-file" or data[:8] == b"\x89HDF\r\n\x1a\n" or data[512:520] == b"\x89HDF\r\n\x1a\n":
         return "mat"
-    if len(data) > 132 and data[128:132] == b"DICM":
-        return "dicom"
     lower = name.lower()
     if lower.endswith((".dcm", ".dicom")):
         return "dicom"
+    if lower.endswith((".nii", ".nii.gz")):
+        return "nifti"
     return "unknown"
 
 
@@ -165,35 +173,38 @@ def read_cvind(data: bytes, name: str = "cvind.mat") -> np.ndarray:
         return np.asarray(handle["cvind"]).ravel().astype(np.int64)
 
 
-def read_dicom(data: bytes, name: str = "") -> np.ndarray:
-    """Decode a DICOM slice to float32 (H, W) in modality units (RescaleSlope/RescaleIntercept applied)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def decode_file(data: bytes, name: str = "", settings: ReadSettings | None = None) -> ScanFile:
+    """Decode any supported file to its images (:class:`~classeg.decoded.ScanFile`): one for TIFF (incl. LGG
+    3-channel stacks), JPEG, PNG, WebP, BMP and figshare .mat (as stored, ``frame`` None); one uint8 image per
+    frame for DICOM (:func:`classeg.dicom.read_dicom`) and per axial slice for NIfTI
+    (:func:`classeg.volumes.read_nifti`), with their windows and identity. DICOM objects without pixel data or
+    of a modality not in ``settings.modalities`` come back with ``skipped`` set. Unknown types raise
+    DecodeError('unsupported')."""
+    settings = settings or ReadSettings()
+    fmt = sniff_format(data, name)
+    if fmt in ("tiff", "jpeg", "png", "webp", "bmp", "gif"):
+        return ScanFile(images=(ScanImage(decode_pil(data, name)),))
+    if fmt == "mat":
+        return ScanFile(images=(ScanImage(read_figshare_mat(data, name).image),))
+    if fmt == "dicom":
+        return read_dicom(data, name, settings)
+    if fmt == "nifti":
+        return read_nifti(data, name)
+    raise DecodeError("unsupported", f"{name or 'file'}: unsupported file type (not TIFF/JPEG/PNG/WebP/.mat/DICOM/"
+                                     f"NIfTI)")
 
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, OSError) as err:
-        raise DecodeError("undecodable", f"{name or 'file'}: unreadable DICOM ({type(err).__name__}: {err})") from err
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-    pixels = pixels.astype(np.float32) * slope + intercept
-    if pixels.ndim == 3 and pixels.shape[-1] != 3:
-        pixels = pixels[pixels.shape[0] // 2]  # a multi-frame series: take the middle slice
-    return pixels
+
+_ANY_MODALITY = ReadSettings(modalities=())
 
 
 def decode_scan(data: bytes, name: str = "") -> np.ndarray:
-    """Decode any supported scan file (TIFF incl. LGG 3-channel stacks, JPEG, PNG, WebP, BMP, figshare .mat,
-    DICOM) to an array as stored: (H, W) or (H, W, 3). Unknown types raise DecodeError('unsupported')."""
-    fmt = sniff_format(data, name)
-    if fmt in ("tiff", "jpeg", "png", "webp", "bmp", "gif"):
-        return decode_pil(data, name)
-    if fmt == "mat":
-        return read_figshare_mat(data, name).image
-    if fmt == "dicom":
-        return read_dicom(data, name)
-    raise DecodeError("unsupported", f"{name or 'file'}: unsupported file type (not TIFF/JPEG/PNG/WebP/.mat/DICOM)")
+    """The one image of a scan file, as :func:`decode_file` gives it ((H, W) or (H, W, 3); DICOM of any
+    modality, windowed to uint8). For multi-image files (multi-frame DICOM, NIfTI) the middle image; a file
+    without images raises DecodeError('unsupported') with the reason."""
+    decoded = decode_file(data, name, _ANY_MODALITY)
+    if not decoded.images:
+        raise DecodeError("unsupported", f"{name or 'file'}: {decoded.skipped}")
+    return decoded.images[len(decoded.images) // 2].pixels
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
