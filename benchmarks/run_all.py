@@ -261,7 +261,9 @@ BENCHMARKS = [
             "single-process loop ran at 73 images/s; the first recording (2.05x) had it at 17 images/s. The "
             "distributed rates moved much less (Horovod 34.9 -> 29.6, torch 46.5 -> 46.8 images/s). Why the "
             "baseline ran 4x faster was not investigated. At 64 px and 16 images per step, two 1-thread ranks "
-            "do not beat one 2-thread process on this machine.")),
+            "do not beat one 2-thread process on this machine. Rerun 2026-12-02 after the issue-13 moves and the "
+            "mask-supervised classifier (whose loader also decodes masks): Horovod 0.60x, torch 0.76x, the "
+            "single-process loop again at 72 images/s, so no step backwards from the moves.")),
     Benchmark(
         name="train_quality", script="train_quality.py", title="Training quality (synthetic data)",
         baseline="the training recipe before the 12.4 change (the `baseline` rows; mni on another seed's table)",
