@@ -31,7 +31,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _key(parser, flag: str, key: str, **kw) -> None:
     """A flag that sets config key ``key``; a key with a closed set of values takes its choices from
-    :data:`classeg.config.CHOICES`, so they are written once."""
+    :data:`classeg.config.CHOICES` (read off the ``Literal`` fields of :mod:`classeg.sections`), so they are
+    written once."""
     if key in CHOICES:
         kw.setdefault("choices", CHOICES[key])
     parser.add_argument(flag, dest=f"cfg:{key}", default=None, **kw)
@@ -66,7 +67,8 @@ def _demo(args, cfg) -> dict:
                                                              overrides=args.overrides)
 
 
-# The flags that set config keys, per command: (flag, key, argparse keywords). Choices come from config.CHOICES.
+# The flags that set config keys, per command: (flag, key, argparse keywords). Choices come from config.CHOICES,
+# i.e. from the Literal annotations in classeg.sections.
 _CONFIG_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
     "ingest": [
         ("--dataset", "ingest.dataset", {"help": "dataset layout"}),

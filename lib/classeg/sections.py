@@ -1,0 +1,189 @@
+"""The configuration's sections: one frozen dataclass per section of ``conf/local.yaml``.
+
+Each dataclass says which keys its section has and of what type each value is; ``Literal[...]`` fields have a
+closed set of values (``classeg.config.CHOICES`` and the command line's choices come from them). The fields
+have no defaults on purpose: the embedded YAML is the one place that holds default values, and
+``classeg.config`` refuses a YAML whose keys differ from these fields.
+
+``str | None`` fields are paths, URIs, ids or names whose default is null (unset). Free-form maps
+(``spark.extra``, ``emr.tags``) are ``dict[str, Any]``.
+
+Build instances with :func:`classeg.config.load_config`, which coerces and checks every value against these
+annotations; a section is read-only (``cfg.train.epochs = 3`` raises), ``to_dict()`` gives a mutable copy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["EmrSection", "IngestSection", "S3Section", "SECTIONS", "ScoreSection", "Section", "SparkSection",
+           "TrainSection"]
+
+
+class Section:
+    """Base of the section dataclasses (no fields of its own)."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep, mutable copy of this section's values, by key."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SparkSection(Section):
+    """How :func:`classeg.spark.get_spark` builds the SparkSession (``master`` and the JVM options apply
+    only to a session started here, not under ``spark-submit``)."""
+
+    master: str
+    app_name: str
+    ui: bool
+    shuffle_partitions: int
+    arrow_batch_size: int  # spark.sql.execution.arrow.maxRecordsPerBatch for the scoring UDFs
+    python_worker_reuse: bool
+    local_java_options: str
+    extra: dict[str, Any]  # any other spark.* settings, passed through verbatim
+
+
+@dataclass(frozen=True)
+class S3Section(Section):
+    """The one S3 client factory's settings (:class:`classeg.io.s3.S3Settings`): endpoint, region, retries
+    and timeouts in seconds."""
+
+    endpoint_url: str | None  # an S3-compatible store's http(s):// URL; null: AWS
+    region: str
+    max_attempts: int
+    backoff_seconds: float
+    connect_timeout: int
+    read_timeout: int
+
+
+@dataclass(frozen=True)
+class IngestSection(Section):
+    """The ingest job: which dataset layout to read from ``input`` and where the Parquet scan table goes."""
+
+    dataset: Literal["lgg", "figshare", "folders"]  # same order as classeg.datasets.registry.LAYOUTS
+    input: str | None  # dataset root: local path, file:// or s3:// URI
+    output: str | None  # scan table location
+    image_size: int
+    seed: int
+    split: list[float]  # train, val, test fractions
+    max_error_rate: float
+    partitions: int
+    read: Literal["auto", "tasks", "binaryfile"]
+    fetch_threads: int
+
+
+@dataclass(frozen=True)
+class TrainSection(Section):
+    """The training job: the model (task, architecture, head, weights), the recipe (optimizer, schedule,
+    loss, epochs) and how it runs on Spark (engine, processes, threads)."""
+
+    task: Literal["classify", "segment"]
+    scans: str | None  # scan table URI (the ingest output)
+    output: str | None  # where runs, checkpoints and the model artifact go
+    engine: Literal["horovod", "torch"]
+    num_proc: int
+    arch: Literal["resnet18", "resnet50"]
+    head: Literal["linear", "dense"]
+    strategy: Literal["frozen", "partial", "finetune"]
+    weights: str | None  # a path or s3:// URI to a torchvision state dict, or "imagenet"; null: from scratch
+    epochs: int
+    batch_size: int
+    image_size: int
+    optimizer: Literal["adamw", "sgd"]
+    lr: float
+    backbone_lr_scale: float
+    weight_decay: float
+    momentum: float
+    warmup_epochs: int
+    schedule: Literal["cosine", "plateau", "constant"]
+    class_weights: Literal["auto", "none"]
+    label_smoothing: float
+    early_stopping_patience: int
+    monitor: str  # "auto" or a metric name: open-ended, so not a Literal
+    grad_accum_steps: int
+    segment_slices: Literal["tumor", "all"]
+    base_filters: int
+    loss: Literal["focal_tversky", "dice", "bce_dice"]
+    run_id: str | None  # null: a new id; an existing one resumes
+    seed: int
+    cache_dir: str | None  # Petastorm cache; null: under the run's output
+    threads_per_proc: int
+    augment: bool
+    torch_mode: str  # checked by classeg.training.engines (TORCH_MODES) where the torch engine starts
+    eval_before_training: bool
+    record_shards: bool
+    target_sensitivity: float
+    mask_supervision: bool
+    mask_loss_weight: float
+
+
+@dataclass(frozen=True)
+class ScoreSection(Section):
+    """The scoring job: the scan archive to read, the model artifacts, the scores table to write, and how
+    each scoring task fetches, batches and runs the models."""
+
+    archive: str | None  # s3://bucket/prefix or a local folder of scans
+    classifier: str | None  # classifier artifact location
+    segmenter: str | None  # segmenter artifact location; null: no masks
+    output: str | None  # scores table root
+    batch_size: int
+    tumor_threshold: float | None  # null: the classifier's own operating point (model.json), else 0.5
+    mask_threshold: float
+    max_error_rate: float
+    full: bool
+    partitions: int
+    max_object_mb: int
+    tumor_classes: list[str]
+    run_date: str | None  # YYYY-MM-DD (a YAML date is kept as that string); null: today (UTC)
+    run_id: str | None  # null: <UTC time>-<random>
+    arrow_batch_size: int
+    fetch_threads: int
+    torch_threads: int
+    device: str  # auto | cpu | cuda | cuda:N: open-ended (any GPU index), so not a Literal
+    amp: bool
+    channels_last: bool
+    modalities: list[str]  # DICOM Modality values that are scored; []: all
+    patient_key_secret: str | None  # secrets file or s3:// URI; null: $CLASSEG_PATIENT_KEY_SECRET
+
+
+@dataclass(frozen=True)
+class EmrSection(Section):
+    """The EMR cluster, its steps and the scheduled scoring state machine (``classeg emr ...``)."""
+
+    region: str
+    release_label: str
+    log_uri: str | None  # s3:// URI for cluster logs
+    wheelhouse: str | None  # s3:// URI of the uploaded wheels and job scripts
+    subnet_id: str | None
+    key_name: str | None  # EC2 key pair name
+    master_instance_type: str
+    core_instance_type: str
+    core_instance_count: int
+    gpus_per_node: int
+    bid_price: str | None  # spot bid in USD, a string as the EMR API takes it; null: on-demand
+    service_role: str
+    instance_profile: str
+    cluster_name: str
+    python: str
+    tags: dict[str, Any]
+    endpoint_url: str | None  # EMR, Step Functions and Scheduler endpoint override
+    bootstrap_uri: str | None  # null: WHEELHOUSE/bootstrap.sh
+    idle_timeout_minutes: int
+    tasks_per_gpu: int
+    schedule_name: str
+    state_machine_role_arn: str | None
+    scheduler_role_arn: str | None
+
+
+# Section name in the YAML -> its dataclass, in the YAML's order.
+SECTIONS: dict[str, type[Section]] = {
+    "spark": SparkSection,
+    "s3": S3Section,
+    "ingest": IngestSection,
+    "train": TrainSection,
+    "score": ScoreSection,
+    "emr": EmrSection,
+}
