@@ -50,6 +50,62 @@ def test_folder_paths(relpath, kind, label, sequence, hint):
         kind, label, sequence, hint)
 
 
+@pytest.mark.parametrize("relpath, kind, key, label, reason", [
+    ("glioma/IM0001.dcm", "image", "glioma/IM0001.dcm", "glioma", None),
+    ("Training/notumor/IM-0001-0007.DCM", "image", "Training/notumor/IM-0001-0007.DCM", "notumor", None),
+    ("Meningioma T2/enhanced.dicom", "image", "Meningioma T2/enhanced.dicom", "Meningioma T2", None),
+    ("glioma/BraTS20_001_flair.nii", "image", "glioma/BraTS20_001_flair.nii", "glioma", None),
+    ("glioma/sub-01_T1w.NII.GZ", "image", "glioma/sub-01_T1w.NII.GZ", "glioma", None),
+    ("glioma/IM0001", "error", None, None, "not_a_scan"),  # DICOM without an extension is not sought out
+    ("glioma/sub-01_T1w.nii.bz2", "error", None, None, "not_a_scan"),
+    ("glioma/archive.gz", "error", None, None, "not_a_scan"),
+    ("IM0001.dcm", "error", None, None, "no_class_folder"),
+    ("volume.nii.gz", "error", None, None, "no_class_folder"),
+])
+def test_folder_paths_of_dicom_and_nifti_files(relpath, kind, key, label, reason):
+    parsed = folders.parse_path(relpath)
+    assert (parsed["kind"], parsed["key"], parsed["label_name"], parsed["reason"]) == (kind, key, label, reason)
+    assert parsed["slice_index"] is None  # known only once the file is decoded
+
+
+def _mr_small() -> bytes:
+    from pydicom.data import get_testdata_file
+
+    with open(get_testdata_file("MR_small.dcm"), "rb") as handle:
+        return handle.read()
+
+
+def test_folders_decode_gives_one_dict_per_slice_of_a_volume():
+    import numpy as np
+
+    from classeg import imaging, volumes
+
+    volume = np.arange(6 * 5 * 3, dtype=np.int16).reshape(6, 5, 3)
+    decoded = folders.decode("glioma/v.nii.gz", volumes.nifti_bytes(volume, compress=True), image_size=8)
+    assert [(d["key"], d["slice_index"], d["orig_height"], d["orig_width"]) for d in decoded] == [
+        ("glioma/v.nii.gz#0", 0, 5, 6), ("glioma/v.nii.gz#1", 1, 5, 6), ("glioma/v.nii.gz#2", 2, 5, 6)]
+    assert all(imaging.decode_png(d["image"]).shape == (8, 8) for d in decoded)
+    single = folders.decode("glioma/MR_small.dcm", _mr_small(), image_size=64)
+    assert isinstance(single, dict) and "key" not in single
+    assert (single["orig_height"], single["orig_width"]) == (64, 64)
+    expected = imaging.decode_file(_mr_small(), "MR_small.dcm").images[0].pixels
+    np.testing.assert_array_equal(imaging.decode_png(single["image"]), expected)
+
+
+def test_folders_decode_skips_dicom_without_images_and_rejects_bad_bytes():
+    from pydicom.data import get_testdata_file
+
+    from classeg.datasets.common import SKIPPED
+    from classeg.imaging import DecodeError
+
+    with open(get_testdata_file("rtplan.dcm"), "rb") as handle:
+        skipped = folders.decode("glioma/rtplan.dcm", handle.read(), image_size=8)
+    assert skipped == {SKIPPED: "no pixel data (RT Plan)"}
+    with pytest.raises(DecodeError) as caught:
+        folders.decode("glioma/half.dcm", _mr_small()[:5000], image_size=8)  # cut inside the pixel data
+    assert caught.value.reason == "truncated"
+
+
 def test_relative_path_and_bad_root():
     assert relative_path("file:/data/x/a b+c.tif", "file:/data/x/") == "a b+c.tif"
     with pytest.raises(ValueError, match="is not under the dataset root"):

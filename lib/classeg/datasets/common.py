@@ -8,9 +8,14 @@ the ingest job, each a pure function testable without Spark:
   ``/``-separated) into a ``kind`` (see KINDS) with its ``key`` (what pairs an image with its mask, and what
   identifies a slice across duplicate copies), ``patient_id``, ``slice_index``, ``label_name``, ``sequence``
   and ``split_hint`` where the path tells them (:func:`base_record` gives every field).
-- ``decode(relpath, data, *, image_size) -> dict``: decode one file's bytes into the canonical fields
-  (``image``/``mask`` PNG bytes, ``has_tumor``, ``orig_height``, ``orig_width``, labels found inside the file,
-  ``folds`` for a folds file). Raises :class:`classeg.imaging.DecodeError` for a bad file.
+- ``decode(relpath, data, *, image_size) -> dict | list[dict]``: decode one file's bytes into the canonical
+  fields (``image``/``mask`` PNG bytes, ``has_tumor``, ``orig_height``, ``orig_width``, labels found inside the
+  file, ``folds`` for a folds file). A file of several images (a multi-frame DICOM, a NIfTI volume) gives a
+  list, one dict per slice, each with its own ``key`` (distinct from every other slice's) and ``slice_index``
+  (the 0-based frame or axial slice); the ingest job makes each slice a decoded row of its own. A file that was
+  read but holds nothing to ingest (a DICOM object without pixel data, or of another modality) gives
+  ``{SKIPPED: reason}`` and becomes a 'skipped' errors-table row. Raises :class:`classeg.imaging.DecodeError`
+  for a bad file.
 - ``resolve(meta) -> Resolution``: the layout's own step from decoded files to scans: which image goes with
   which mask, what each scan's label and ``has_tumor`` are, and which files are orphans.
 """
@@ -27,8 +32,12 @@ KINDS = ("image", "mask", "folds", "meta", "error")
 META_NAMES = ("data.csv", "readme.md", "readme.txt", "license.txt", "license")
 
 # The errors table: one row per listed file that did not become (part of) a scan. ``severity`` is 'error'
-# (bad input, counted in the error rate) or 'skipped' (duplicates, metadata, partners of failed files).
+# (bad input, counted in the error rate) or 'skipped' (duplicates, metadata, partners of failed files, files
+# with nothing to ingest).
 ERROR_COLUMNS = ["source_uri", "relpath", "severity", "reason", "detail"]
+
+# The key of a decode result for a file with nothing to ingest: ``{SKIPPED: reason}``.
+SKIPPED = "skipped"
 
 # What a layout's resolve step returns per scan, besides the image file's own parsed fields.
 UNIT_FIELDS = ("mask_path", "label", "label_name", "has_tumor", "fold")
@@ -38,8 +47,10 @@ UNIT_FIELDS = ("mask_path", "label", "label_name", "has_tumor", "fold")
 class Resolution:
     """A layout's scans and the files it rejected while pairing them.
 
-    ``units``: one row per scan, the image file's row of ``meta`` (``path`` is the image) plus UNIT_FIELDS:
-    ``mask_path`` (the file holding the mask: a separate file, the image file itself, or None), ``label``
+    ``units``: one row per scan, the image's row of ``meta`` (``path`` is the image file, ``slice_uri`` the
+    decoded row: the file's path, or ``<path>#<n>`` for one slice of a multi-image file) plus UNIT_FIELDS:
+    ``mask_path`` (the ``slice_uri`` of the decoded row holding the mask: a separate file, the image file
+    itself, or None; for a one-image file that is its path), ``label``
     (0-based index into ``class_names``), ``label_name``, ``has_tumor`` (bool, or None when unknown) and
     ``fold`` (int or None). ``issues``: ERROR_COLUMNS rows for files of ``meta`` that decoded but did not
     become scans (decode failures are recorded by the job, not here). ``tumor_note``: why ``has_tumor`` is
@@ -59,7 +70,7 @@ class Layout(Protocol):
 
     def parse_path(self, relpath: str) -> dict: ...
 
-    def decode(self, relpath: str, data: bytes, *, image_size: int) -> dict: ...
+    def decode(self, relpath: str, data: bytes, *, image_size: int) -> dict | list[dict]: ...
 
     def resolve(self, meta: pd.DataFrame) -> Resolution: ...
 
@@ -79,7 +90,8 @@ def base_record(**fields) -> dict:
 
 
 def decoded_images(meta: pd.DataFrame) -> pd.DataFrame:
-    """The image files of ``meta`` that decoded (``reason`` null), as a copy."""
+    """The images of ``meta`` that decoded (``reason`` null: neither failed nor skipped), as a copy; a
+    multi-image file has one row per slice."""
     return meta[(meta["kind"] == "image") & meta["reason"].isna()].copy()
 
 

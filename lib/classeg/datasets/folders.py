@@ -6,6 +6,13 @@ patient-level split is possible (the ingest summary says so). The contrast in a 
 is parsed into ``sequence``. Labels are the class names in sorted order; ``has_tumor`` comes from the class
 names through :func:`classeg.labels.tumor_class_names`, and is null (with a note in the ingest summary) for a
 set of class names it cannot map. There are no masks.
+
+Scans are images (``imaging.IMAGE_EXTENSIONS``), DICOM files (``.dcm``, ``.dicom``) and NIfTI volumes
+(``.nii``, ``.nii.gz``), all decoded by :func:`classeg.imaging.decode_file`, the decoder the scoring job uses.
+A 2-D file is one scan; a multi-frame DICOM or a NIfTI volume is one scan per frame or axial slice (key
+``<relpath>#<frame>``, ``slice_index`` the 0-based frame). DICOM is read with :data:`READ_SETTINGS`: only
+modality MR (decode_file's default; there is no ingest key for it), other modalities and objects without pixel
+data are 'skipped' errors-table rows. DICOM identity is not ingested.
 """
 from __future__ import annotations
 
@@ -14,10 +21,14 @@ import re
 import pandas as pd
 
 from classeg import imaging
-from classeg.datasets.common import META_NAMES, Resolution, base_record, decoded_images
+from classeg.datasets.common import META_NAMES, SKIPPED, Resolution, base_record, decoded_images
 from classeg.labels import TumorClassError, tumor_class_names
 
 DATASET = "folders"
+SCAN_EXTENSIONS = imaging.IMAGE_EXTENSIONS + imaging.VOLUME_EXTENSIONS
+# decode_file's defaults: modality MR only (training data for a brain-MRI model) and no patient key, since
+# ingest keeps no DICOM identity.
+READ_SETTINGS = imaging.ReadSettings()
 SPLIT_FOLDERS = {"training": "train", "train": "train", "testing": "test", "test": "test",
                  "validation": "val", "val": "val"}
 _CONTRAST = re.compile(r"(?:^|[\s_-])(T1C\+|T1|T2|FLAIR)$", re.IGNORECASE)
@@ -34,7 +45,7 @@ def parse_path(relpath: str) -> dict:
     name = parts[-1]
     if name.lower() in META_NAMES:
         return base_record(kind="meta")
-    if not name.lower().endswith(imaging.IMAGE_EXTENSIONS):
+    if not name.lower().endswith(SCAN_EXTENSIONS):
         return base_record(kind="error", reason="not_a_scan")
     split_hint = None
     folders = parts[:-1]
@@ -47,15 +58,29 @@ def parse_path(relpath: str) -> dict:
                        split_hint=split_hint)
 
 
-def decode(relpath: str, data: bytes, *, image_size: int) -> dict:
-    array = imaging.decode_pil(data, relpath)
-    height, width = array.shape[:2]
-    return {"image": imaging.encode_png(imaging.canonical(array, image_size)),
+def decode(relpath: str, data: bytes, *, image_size: int) -> dict | list[dict]:
+    """One dict for a 2-D file, one per frame or axial slice (with its ``key`` and ``slice_index``) for a
+    multi-frame DICOM or a NIfTI volume, ``{SKIPPED: reason}`` for a DICOM object with nothing to ingest."""
+    scan = imaging.decode_file(data, relpath, READ_SETTINGS)
+    if scan.skipped is not None:
+        return {SKIPPED: scan.skipped}
+    if not scan.images:
+        raise imaging.DecodeError("bad_structure", f"{relpath}: the file holds no images")
+    if len(scan.images) == 1 and scan.images[0].frame is None:
+        return _canonical_fields(scan.images[0].pixels, image_size)
+    return [{"key": f"{relpath}#{image.frame}", "slice_index": image.frame,
+             **_canonical_fields(image.pixels, image_size)} for image in scan.images]
+
+
+def _canonical_fields(pixels, image_size: int) -> dict:
+    height, width = pixels.shape[:2]
+    return {"image": imaging.encode_png(imaging.canonical(pixels, image_size)),
             "orig_height": height, "orig_width": width}
 
 
 def resolve(meta: pd.DataFrame) -> Resolution:
-    """Each decoded image is a scan labelled by its class folder; no masks."""
+    """Each decoded image (each slice of a multi-image file) is a scan labelled by its class folder; no
+    masks."""
     images = decoded_images(meta)
     class_names = sorted(images["label_name"].unique())
     units = images.assign(mask_path=None, fold=None)

@@ -14,6 +14,8 @@ One module per stage, run in this order by :func:`classeg.ingest.job.run_ingest`
   staged pixels, or by Spark), the errors table and ``summary.json``, written last.
 - :mod:`~classeg.ingest.table`: the output folder's contract and its readers (``read_scan_table``).
 
-Every listed file ends in exactly one place: a scan row (as its image or its mask) or an errors-table row
-(``severity`` 'error' for bad input, 'skipped' for duplicates, metadata and partners of failed files).
+Every listed file ends in exactly one place: scan rows (as the image of one scan, or of one scan per slice for a
+multi-frame DICOM or NIfTI volume, or as a mask) or an errors-table row (``severity`` 'error' for bad input,
+'skipped' for duplicates, metadata, partners of failed files and files with nothing to ingest, such as DICOM
+objects without pixel data).
 """

@@ -4,7 +4,8 @@ Two ways to get the bytes (:func:`read_mode`): 'tasks' (the default for local an
 (paths only) into slices and each task reads its own files (:func:`source_reader`, ``fetch_threads`` S3 reads
 at a time one batch ahead of the decoder, :class:`ReadAhead`), so the bytes never pass through the JVM;
 'binaryfile' joins binaryFile's ``content`` column with the plan (any Hadoop filesystem). Either way each file
-goes through :func:`decode_frame` and the layout's decoder: decode, resize to the canonical size, PNG-encode.
+goes through :func:`decode_frame` and the layout's decoder: decode, resize to the canonical size, PNG-encode
+(a multi-frame DICOM or NIfTI volume: one decoded row per slice).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pandas as pd
 
+from classeg.datasets.common import SKIPPED
 from classeg.datasets.registry import get_layout
 from classeg.errors import FetchError
 from classeg.imaging import DecodeError
@@ -28,26 +30,43 @@ DECODE_BATCH = 64  # files per output batch of a decode task
 
 def decode_frame(files: pd.DataFrame, *, dataset: str, image_size: int, read=None) -> pd.DataFrame:
     """Decode each file with the layout's decoder. The bytes come from the ``content`` column, or from
-    ``read(path)`` when given (the task reads the file itself). Returns DECODED_FIELDS rows; a file that fails
-    to read or decode keeps its parsed fields and gets ``reason``/``detail`` (DecodeError.reason, message)."""
+    ``read(path)`` when given (the task reads the file itself). Returns DECODED_FIELDS rows: one per file, or
+    one per slice (``slice_uri`` ``<path>#<n>``, the layout's ``key`` and ``slice_index``) where the layout
+    gives several. A file that fails to read or decode keeps its parsed fields and gets ``reason``/``detail``
+    (DecodeError.reason, message) with ``severity`` 'error'; one with nothing to ingest gets the layout's
+    reason with ``severity`` 'skipped'."""
     layout = get_layout(dataset)
     out = []
     for record in files.to_dict("records"):
         content = record.pop("content", None)
-        row = {**{name: None for name, _ in DECODED_FIELDS}, **record}
+        row = {**{name: None for name, _ in DECODED_FIELDS}, **record, "slice_uri": record["path"]}
         try:
             if read is not None:
                 content = _read_or_raise(read, record["path"])
             decoded = layout.decode(record["relpath"], bytes(content or b""), image_size=image_size)
         except DecodeError as err:
-            row.update(reason=err.reason, detail=str(err))
+            out.append({**row, "reason": err.reason, "detail": str(err), "severity": "error"})
+            continue
+        if isinstance(decoded, dict) and decoded.get(SKIPPED) is not None:
+            out.append({**row, "reason": decoded[SKIPPED], "severity": "skipped",
+                        "detail": f"{record['relpath']}: read, but holds nothing to ingest"})
+        elif isinstance(decoded, dict):
+            out.append(_with_decoded(row, decoded))
+        elif not decoded:  # a layout's bug, but the file must still be accounted for
+            out.append({**row, "reason": "bad_structure", "detail": f"{record['relpath']}: decoded to no images",
+                        "severity": "error"})
         else:
-            row.update({k: v for k, v in decoded.items() if v is not None or row.get(k) is None})
-        out.append(row)
+            out += [_with_decoded({**row, "slice_uri": f"{record['path']}#{n}"}, part)
+                    for n, part in enumerate(decoded)]
     frame = pd.DataFrame(out, columns=names(DECODED_FIELDS))
     for name in ("slice_index", "label", "orig_height", "orig_width"):
         frame[name] = frame[name].astype("Int32")
     return frame
+
+
+def _with_decoded(row: dict, decoded: dict) -> dict:
+    """``row`` with the decoded fields; a field the decoder leaves None keeps the value parsed from the path."""
+    return {**row, **{k: v for k, v in decoded.items() if v is not None or row.get(k) is None}}
 
 
 def _read_or_raise(read, path: str) -> bytes:

@@ -36,6 +36,7 @@ from classeg.io import files, uri as uris
 from classeg.io.uri import parse_uri
 
 STAGING_PREFIX = "_staging-"
+# ``path``: the decoded row's ``slice_uri`` (the file's path; ``<path>#<n>`` for a slice of a multi-image file).
 STAGED_SCHEMA = pa.schema([("path", pa.string()), ("image", pa.binary()), ("mask", pa.binary())])
 NO_DICTIONARY = ("image", "mask")  # unique, already-compressed PNG bytes: stored plain (parquet_options)
 # Spark's Parquet options for the same reason, where Spark writes the table.
@@ -110,8 +111,10 @@ class StagingWriter:
     def write(self, decoded: pd.DataFrame) -> None:
         """Append the rows of ``decoded`` (decode.decode_frame output) that carry pixels: those with an image
         first, then mask-only rows (LGG's ``_mask.tif``), so images lie in runs that finalize_part can hand to
-        the Parquet writer as zero-copy slices."""
-        frame = decoded[["path", "image", "mask"]]
+        the Parquet writer as zero-copy slices. Rows are named by their ``slice_uri`` (by ``path`` in a frame
+        without one: one image per file)."""
+        frame = decoded[["slice_uri" if "slice_uri" in decoded else "path", "image", "mask"]].set_axis(
+            ["path", "image", "mask"], axis=1)
         has_image = frame["image"].notna()
         frame = pd.concat([frame[has_image], frame[~has_image & frame["mask"].notna()]])
         if len(frame):
@@ -167,20 +170,20 @@ def read_staged(staging: str, partition: int, *, s3_cfg: Any = None) -> pa.Table
 
 def finalize_part(partition: int, units: pd.DataFrame, *, staging: str, scans: str, dataset: str,
                   s3_cfg: Any = None) -> int:
-    """Join one staging file with the resolved scans whose image it holds and write their rows, one file per
-    split (``<scans>/split=<split>/part-<partition>.parquet``). ``units``: resolve's scans plus
-    orig_height/orig_width. Returns the number of rows written.
+    """Join one staging file with the resolved scans whose image it holds (by ``slice_uri``) and write their
+    rows, one file per split (``<scans>/split=<split>/part-<partition>.parquet``). ``units``: resolve's scans
+    plus orig_height/orig_width. Returns the number of rows written.
 
     The image bytes are never copied on the way: each split's rows are written in staging-file order, as
     zero-copy slices of the memory-mapped file (runs of consecutive rows); gathering them into a new buffer
     instead (``take``) costs first touches of fresh memory that dwarf the Parquet write. Masks (small PNGs)
     are gathered by index: from the mask's own row (LGG), the image's row (figshare), or null (no mask_path)."""
     staged = read_staged(staging, partition, s3_cfg=s3_cfg)
-    row_of = {path: i for i, path in enumerate(staged.column("path").to_pylist())}
-    mine = units[units["image_path"].isin(row_of.keys())]
+    row_of = {slice_uri: i for i, slice_uri in enumerate(staged.column("path").to_pylist())}
+    mine = units[units["slice_uri"].isin(row_of.keys())]
     if mine.empty:
         return 0
-    mine = mine.assign(_row=mine["image_path"].map(row_of)).sort_values("_row", kind="mergesort")
+    mine = mine.assign(_row=mine["slice_uri"].map(row_of)).sort_values("_row", kind="mergesort")
     images, masks = staged.column("image"), staged.column("mask")
     renamed = {"source_uri": "image_path", "mask_source_uri": "mask_path"}
     written = 0
@@ -220,9 +223,8 @@ def finalize_scans(spark, units: pd.DataFrame, meta: pd.DataFrame, *, parts: int
                    dataset: str, s3_cfg=None) -> int:
     """The task-written table: one task per core runs :func:`finalize_part` over several staging files;
     returns how many rows were written."""
-    sizes = meta.loc[meta["kind"] == "image", ["path", "orig_height", "orig_width"]].rename(
-        columns={"path": "image_path"})
-    shared = spark.sparkContext.broadcast(units.merge(sizes, on="image_path", how="left"))
+    sizes = meta.loc[meta["kind"] == "image", ["slice_uri", "orig_height", "orig_width"]]
+    shared = spark.sparkContext.broadcast(units.merge(sizes, on="slice_uri", how="left"))
 
     def run(batches):  # a pandas UDF like the decode: the same (warm) Python workers run it
         for batch in batches:
@@ -239,18 +241,19 @@ def finalize_scans(spark, units: pd.DataFrame, meta: pd.DataFrame, *, parts: int
 
 
 def build_scans(spark, decoded, units: pd.DataFrame, *, dataset: str):
-    """Spark's path: decoded rows (DECODED_FIELDS) + resolved units -> scan rows (SCAN_COLUMNS). Each scan's
-    mask comes from the decoded row its ``mask_path`` names (the mask file, or the image file itself); no
-    ``mask_path``, no mask. Only image bytes move through the join; masks are small PNGs and are broadcast
-    unless there are very many."""
+    """Spark's path: decoded rows (DECODED_FIELDS) + resolved units, joined by ``slice_uri`` -> scan rows
+    (SCAN_COLUMNS). Each scan's mask comes from the decoded row its ``mask_path`` names (the mask file, or the
+    image file itself); no ``mask_path``, no mask. Only image bytes move through the join; masks are small PNGs
+    and are broadcast unless there are very many."""
     from pyspark.sql import functions as F
 
     unit_frame = spark.createDataFrame(_plain(units), schema=ddl(UNIT_FIELDS))
     decoded_ok = F.col("reason").isNull()
     images = decoded.where((F.col("kind") == "image") & decoded_ok).select(
-        F.col("path").alias("image_path"), "image", "orig_height", "orig_width")
-    masks = decoded.where(F.col("mask").isNotNull() & decoded_ok).select(F.col("path").alias("mask_path"), "mask")
-    scans = images.join(F.broadcast(unit_frame), "image_path")
+        "slice_uri", "image", "orig_height", "orig_width")
+    masks = decoded.where(F.col("mask").isNotNull() & decoded_ok).select(F.col("slice_uri").alias("mask_path"),
+                                                                         "mask")
+    scans = images.join(F.broadcast(unit_frame), "slice_uri")
     scans = scans.join(F.broadcast(masks) if len(units) <= MASK_BROADCAST_LIMIT else masks, "mask_path", "left")
     named = {"source_uri": F.col("image_path"), "mask_source_uri": F.col("mask_path"), "dataset": F.lit(dataset)}
     return scans.select(*[named[c].alias(c) if c in named else F.col(c) for c in SCAN_COLUMNS])
@@ -284,12 +287,15 @@ def failure_reason(summary: dict, max_error_rate: float) -> str | None:
 def summarise(units: pd.DataFrame, issues: pd.DataFrame, *, listed: int, dataset: str, class_names, job,
               root: str, run_id: str, tumor_note: str | None = None) -> dict:
     """The JSON summary: counts per split, class and patient; every error and skipped file with its reason.
-    ``job``: the config's ingest section. Raises RuntimeError if a listed file is not accounted for."""
+    ``job``: the config's ingest section. Raises RuntimeError if a listed file is not accounted for.
+    ``files.scan_files`` counts the files that became scans: a multi-frame DICOM or NIfTI volume is one file
+    and as many scans as slices."""
     errors = issues[issues["severity"] == "error"]
     skipped = issues[issues["severity"] == "skipped"]
-    masks = int((units["mask_path"].notna() & (units["mask_path"] != units["image_path"])).sum())
-    accounted = len(units) + masks + len(issues)
-    if accounted != listed:  # every listed file must be a scan, a mask or an issue row
+    masks = int((units["mask_path"].notna() & (units["mask_path"] != units["slice_uri"])).sum())
+    scan_files = int(units["image_path"].nunique())
+    accounted = scan_files + masks + len(issues)
+    if accounted != listed:  # every listed file must be (the slices of) scans, a mask or an issue row
         raise RuntimeError(f"ingest accounting bug: {listed} files listed but {accounted} accounted for")
     candidates = listed - len(skipped)
     return {
@@ -305,8 +311,8 @@ def summarise(units: pd.DataFrame, issues: pd.DataFrame, *, listed: int, dataset
         **_patients(units),
         "folds": ({str(k): int(v) for k, v in units["fold"].value_counts().sort_index().items()}
                   if units["fold"].notna().any() else None),
-        "files": {"listed": listed, "scans": len(units), "masks": masks, "errors": len(errors),
-                  "skipped": len(skipped)},
+        "files": {"listed": listed, "scans": len(units), "scan_files": scan_files, "masks": masks,
+                  "errors": len(errors), "skipped": len(skipped)},
         "error_rate": round(len(errors) / candidates, 6) if candidates else 0.0,
         "errors_by_reason": {str(k): int(v) for k, v in errors["reason"].value_counts().items()},
         "skipped_by_reason": {str(k): int(v) for k, v in skipped["reason"].value_counts().items()},
@@ -330,5 +336,6 @@ def _patients(units: pd.DataFrame) -> dict:
         "patient_level_split": has_patients,
         "split_note": ("split by patient: no patient appears in two splits" if has_patients else
                        "no patient ids in this layout: a patient-level split is impossible, scans were split "
-                       "individually (stratified by label); slices of one patient may be in different splits"),
+                       "individually (stratified by label; the slices of one volume or multi-frame file "
+                       "together); slices of one patient may be in different splits"),
     }
