@@ -239,6 +239,35 @@ def run_job(spark, cfg, output: Path) -> tuple[dict, float]:
     return summary, time.perf_counter() - started
 
 
+def alternate_runs(spark, loop: PlainLoop, paths: list[Path], archive: Path, output: Path, config, *,
+                   repeats: int, batch_size: int, tumor_threshold: float) -> dict:
+    """Score the same scans with the plain loop (``paths``) and the job (``archive``, the folder holding them,
+    written to ``output``; ``config(archive, output)`` builds the job's config) alternately ``repeats`` times,
+    so that both see the same machine. Returns every run, the best of each side (on a shared machine the load
+    of other processes otherwise decides the ratio) and the ratios of the best and of the medians."""
+    plain_runs, job_runs = [], []
+    for repeat in range(repeats):
+        print(f"plain loop ({repeat + 1}/{repeats}) ...", flush=True)
+        plain_runs.append(loop.score(paths, batch_size=batch_size, tumor_threshold=tumor_threshold))
+        print(f"plain loop: {plain_runs[-1]}", flush=True)
+        print(f"job ({repeat + 1}/{repeats}) ...", flush=True)
+        with WorkerMemory() as memory:
+            job_summary, job_seconds = run_job(spark, config(archive, output), output)
+        job_runs.append({"scans": job_summary["scored"], "tumor": job_summary["tumor"],
+                         "seconds": round(job_seconds, 3),
+                         "images_per_s": round(job_summary["scored"] / job_seconds, 3),
+                         "scoring_stage_images_per_s": job_summary["images_per_s"],
+                         "partitions": job_summary["partitions"], "errors": job_summary["errors"],
+                         **memory.summary()})
+        print(f"job: {job_runs[-1]}", flush=True)
+    plain = max(plain_runs, key=lambda run: run["images_per_s"])
+    job = max(job_runs, key=lambda run: run["images_per_s"])
+    median_ratio = float(np.median([r["images_per_s"] for r in job_runs]) /
+                         np.median([r["images_per_s"] for r in plain_runs]))
+    return {"plain_loop_runs": plain_runs, "job_runs": job_runs, "plain_loop": plain, "job": job,
+            "job_vs_plain": job["images_per_s"] / plain["images_per_s"], "job_vs_plain_median": median_ratio}
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -289,25 +318,11 @@ def main(argv=None) -> int:
     _, cold_seconds = run_job(spark, config(warm, work / "out-warmup"), work / "out-warmup")
     print(f"job cold start (workers + models): {cold_seconds:.1f}s", flush=True)
 
-    # Alternate the two sides so that both see the same machine; on a shared machine keep the best of each.
     archive = subset(work / f"scans-{args.scans}", paths, args.scans)
-    plain_runs, job_runs = [], []
-    for repeat in range(args.repeats):
-        print(f"plain loop ({repeat + 1}/{args.repeats}) ...", flush=True)
-        plain_runs.append(loop.score(throughput_paths, batch_size=args.batch_size, tumor_threshold=threshold))
-        print(f"plain loop: {plain_runs[-1]}", flush=True)
-        print(f"job ({repeat + 1}/{args.repeats}) ...", flush=True)
-        with WorkerMemory() as memory:
-            job_summary, job_seconds = run_job(spark, config(archive, work / "out-job"), work / "out-job")
-        job_runs.append({"scans": job_summary["scored"], "tumor": job_summary["tumor"],
-                         "seconds": round(job_seconds, 3), "images_per_s": round(job_summary["scored"] / job_seconds, 3),
-                         "scoring_stage_images_per_s": job_summary["images_per_s"],
-                         "partitions": job_summary["partitions"], "errors": job_summary["errors"],
-                         **memory.summary()})
-        print(f"job: {job_runs[-1]}", flush=True)
+    compared = alternate_runs(spark, loop, throughput_paths, archive, work / "out-job", config,
+                              repeats=args.repeats, batch_size=args.batch_size, tumor_threshold=threshold)
     del loop
-    plain = max(plain_runs, key=lambda run: run["images_per_s"])
-    job = max(job_runs, key=lambda run: run["images_per_s"])
+    plain_runs, job_runs, plain, job = (compared[key] for key in ("plain_loop_runs", "job_runs", "plain_loop", "job"))
 
     rss = []
     for size in rss_sizes:
@@ -321,9 +336,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    ratio = job["images_per_s"] / plain["images_per_s"]
-    median_ratio = float(np.median([r["images_per_s"] for r in job_runs]) /
-                         np.median([r["images_per_s"] for r in plain_runs]))
+    ratio, median_ratio = compared["job_vs_plain"], compared["job_vs_plain_median"]
     result = {
         "benchmark": "score.job_vs_plain_loop",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
