@@ -103,18 +103,11 @@ class ClassifierNet(nn.Module):
         lesion_class: int | None = None,
     ):
         super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.arch = arch
-        self.num_classes = num_classes
-        self.head_type = head_type
-        self.strategy = strategy
-        self.dropout = dropout
-        self.in_channels = in_channels
-        self.input_size = input_size
-        self.mean = mean
-        self.std = std
-        self.lesion_class = lesion_class
+        self.backbone, self.head = backbone, head
+        # The description model.json records (classifier_from_description rebuilds the net from it).
+        self.arch, self.num_classes, self.head_type, self.strategy = arch, num_classes, head_type, strategy
+        self.dropout, self.in_channels, self.input_size = dropout, in_channels, input_size
+        self.mean, self.std, self.lesion_class = mean, std, lesion_class
         self.lesion = None if lesion_class is None else nn.Conv2d(_LESION_FEATURES[arch], 1, kernel_size=1)
         self.emit_lesion_map = False
         self._apply_strategy()
@@ -288,32 +281,14 @@ def build_classifier(
     Returns:
         A `ClassifierNet` in train mode (frozen stages in eval mode).
     """
-    _check_choice("arch", arch, ARCHS)
-    _check_choice("head", head, HEADS)
-    _check_choice("strategy", strategy, STRATEGIES)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2 (binary tasks use 2), got {num_classes!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-    if in_channels not in (1, 3) or isinstance(in_channels, bool):
-        raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32:
-        raise ValueError(f"input_size must be an int >= 32, got {input_size!r}")
-    if lesion_class is not None and (isinstance(lesion_class, bool) or not isinstance(lesion_class, int)
-                                     or not 0 <= lesion_class < num_classes):
-        raise ValueError(f"lesion_class must be None or a class index in [0, {num_classes}), got {lesion_class!r}")
+    _check_build_args(arch=arch, num_classes=num_classes, head=head, strategy=strategy, dropout=dropout,
+                      in_channels=in_channels, input_size=input_size, lesion_class=lesion_class)
     mean_t = _channel_stats("mean", mean, IMAGENET_MEAN, in_channels)
     std_t = _channel_stats("std", std, IMAGENET_STD, in_channels)
 
     backbone = _build_backbone(arch)
     if weights is not None:
-        if isinstance(weights, str) and (weights == "imagenet" or weights.startswith("imagenet:")):
-            state = imagenet_state_dict(arch, variant=weights.partition(":")[2] or "DEFAULT")
-        elif isinstance(weights, Mapping):
-            state = weights
-        else:
-            state = read_state_dict(weights, endpoint_url=endpoint_url)
-        load_backbone_state(backbone, state, arch=arch)
+        load_backbone_state(backbone, _backbone_state(weights, arch, endpoint_url), arch=arch)
     model = ClassifierNet(
         backbone=backbone,
         head=_build_head(head, in_features=_FEATURES[arch], num_classes=num_classes, dropout=float(dropout)),
@@ -331,6 +306,31 @@ def build_classifier(
     logger.debug("built %s/%s classifier (%s), weights=%r", arch, head, strategy,
                  weights if not isinstance(weights, Mapping) else "<state dict>")
     return model
+
+
+def _backbone_state(weights, arch: str, endpoint_url: str | None) -> Mapping[str, torch.Tensor]:
+    if isinstance(weights, str) and (weights == "imagenet" or weights.startswith("imagenet:")):
+        return imagenet_state_dict(arch, variant=weights.partition(":")[2] or "DEFAULT")
+    if isinstance(weights, Mapping):
+        return weights
+    return read_state_dict(weights, endpoint_url=endpoint_url)
+
+
+def _check_build_args(*, arch, num_classes, head, strategy, dropout, in_channels, input_size, lesion_class) -> None:
+    _check_choice("arch", arch, ARCHS)
+    _check_choice("head", head, HEADS)
+    _check_choice("strategy", strategy, STRATEGIES)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (binary tasks use 2), got {num_classes!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+    if in_channels not in (1, 3) or isinstance(in_channels, bool):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32:
+        raise ValueError(f"input_size must be an int >= 32, got {input_size!r}")
+    if lesion_class is not None and (isinstance(lesion_class, bool) or not isinstance(lesion_class, int)
+                                     or not 0 <= lesion_class < num_classes):
+        raise ValueError(f"lesion_class must be None or a class index in [0, {num_classes}), got {lesion_class!r}")
 
 
 # --------------------------------------------------------------------------------------------------
