@@ -104,6 +104,11 @@ _CONFIG_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
         ("--tumor-threshold", "score.tumor_threshold", {"type": float, "help": "default: the classifier's operating point (model.json), else 0.5"}),
         ("--mask-threshold", "score.mask_threshold", {"type": float}),
         ("--max-error-rate", "score.max_error_rate", {"type": float}),
+        ("--modalities", "score.modalities", {"help": "DICOM modalities scored, comma-separated (default MR; others "
+                                                      "are skipped rows); '' for all"}),
+        ("--patient-key-secret", "score.patient_key_secret", {"help": "file or s3:// URI holding the patient_key "
+                                                                      "HMAC secret (default: "
+                                                                      "$CLASSEG_PATIENT_KEY_SECRET)"}),
     ],
 }
 

@@ -383,7 +383,7 @@ def _score(pipe: Pipeline, models: dict, call: Callable) -> None:
     status = "ran" if scored else "reused"
     count = scored if scored is not None else "?"
     note = (f"models changed: all {count} files rescored" if changed else f"{count} new files scored") + \
-        (f", {result['skipped']} already scored" if isinstance(result.get("skipped"), int) else "")
+        (f", {result['already_scored']} already scored" if isinstance(result.get("already_scored"), int) else "")
     pipe.record("score", status=status, seconds=time.time() - started, output=scores, note=note, model_ids=ids,
                 run_id=result.get("run_id"), scored=scored)
 

@@ -106,7 +106,26 @@ def _read_dataset(data: bytes, name: str):
         raise DecodeError(kind, f"{name}: unreadable DICOM header ({type(err).__name__})") from err
     if not has_marker and not standard:
         raise DecodeError("unsupported", f"{name}: not a DICOM file (no DICM marker, no standard data elements)")
+    _check_complete(ds, len(data), name)
     return ds
+
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _check_complete(ds, size: int, name: str) -> None:
+    """pydicom reads a file cut inside an element without complaint, keeping the partial value: a file cut
+    before its pixel data would look like an object without pixels (skipped). The last element's declared
+    length says whether the bytes were all there."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if not len(ds) or syntax == _DEFLATED:  # deflated: offsets count the inflated stream, not the file
+        return
+    last = ds.get_item(max(ds.keys()))
+    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if tell is not None and length not in (None, _UNDEFINED_LENGTH) and tell + length > size:
+        raise DecodeError("truncated", f"{name}: the file ends inside element {last.tag} ({size} bytes, the element "
+                                       f"needs {tell + length})")
 
 
 def _text(ds, keyword: str) -> str | None:

@@ -68,6 +68,12 @@ def write_scores(root: Path, scans: Path) -> None:
         ("run_date", pa.string())])
     pq.write_to_dataset(pa.Table.from_pylist(rows, schema=schema), root, partition_cols=["run_date"])
     (scans / "gone.png").unlink(missing_ok=True)
+    # The series table beside the runs (classeg.scoring.series), which the scores reader must not pick up.
+    series = root / "series" / "run_date=2024-06-01" / "run_id=r1"
+    series.mkdir(parents=True)
+    pq.write_table(pa.table({"series_key": ["1.2.826.0.1.3680043.2"], "modality": ["MR"], "slices_scored": [24],
+                             "tumor_slices": [5], "max_tumor_probability": [0.97], "tumor_volume_mm3": [1234.5]}),
+                   series / "part-0.parquet")
 
 
 def outputs(cell) -> str:
@@ -111,6 +117,8 @@ def test_analysis_notebook_runs_on_local_spark(tmp_path, monkeypatch):
     assert [line.split() for line in error_table[:3]] == [
         ["reason", "count"], ["UnidentifiedImageError", "1"], ["too_large", "1"]], text
     assert re.search(rf"{re.escape(str(scans / 'gone.png'))}: source unreadable \(FileNotFoundError", text)
+    assert "series: 1\n" in text and "1.2.826.0.1.3680043.2" in text and "1234.5" in text, text
+    assert "(none skipped)" in text
 
     images = [out for cell in notebook.cells for out in cell.get("outputs", [])
               if "image/png" in out.get("data", {})]

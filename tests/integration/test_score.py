@@ -96,7 +96,7 @@ def test_s3_archive_every_object_once_with_reasons_labels_and_masks(first_run, s
     check_rows(rows, s3_archive)
     assert rows["source_uri"].str.startswith("s3://archive/scans/").all()
     assert summary["listed"] == summary["pending"] == summary["scored"] == len(rows) == 28
-    assert summary["skipped"] == 0 and summary["ok"] == 24 and summary["errors"] == 4
+    assert summary["already_scored"] == summary["skipped"] == 0 and summary["ok"] == 24 and summary["errors"] == 4
     assert summary["errors_by_reason"] == {"empty": 1, "truncated": 1, "undecodable": 1, "unsupported": 1}
     assert summary["tumor"] == int(rows["tumor"].eq(True).sum())
     assert summary["images_per_s"] > 0 and summary["error_rate"] == pytest.approx(4 / 28, abs=1e-6)
@@ -112,7 +112,7 @@ def test_s3_archive_every_object_once_with_reasons_labels_and_masks(first_run, s
 def test_incremental_reruns_score_only_new_and_changed(spark, first_run, s3, s3_archive, models, moto_endpoint):
     output, cfg = first_run["output"], first_run["cfg"]
     second = run_score(spark, cfg)
-    assert (second["listed"], second["pending"], second["scored"], second["skipped"]) == (28, 0, 0, 28)
+    assert (second["listed"], second["pending"], second["scored"], second["already_scored"]) == (28, 0, 0, 28)
     extra = synthetic.write_archive(output.parent / "extra", seed=22, count=3, image_size=64, broken=False)
     files = {entry["path"]: (output.parent / "extra" / entry["path"]).read_bytes() for entry in extra["slices"]}
     new_names = sorted(files)[:2]
@@ -120,7 +120,7 @@ def test_incremental_reruns_score_only_new_and_changed(spark, first_run, s3, s3_
     changed_key = sorted(truth_by_key(s3_archive))[0]
     s3.put_object(Bucket="archive", Key=f"scans/{changed_key}", Body=files[sorted(files)[2]])
     third = run_score(spark, cfg)
-    assert (third["listed"], third["pending"], third["scored"], third["skipped"]) == (30, 3, 3, 27)
+    assert (third["listed"], third["pending"], third["scored"], third["already_scored"]) == (30, 3, 3, 27)
     rows = read_scores(spark, str(output)).toPandas()
     latest = rows[rows["run_id"] == third["run_id"]]
     assert sorted(latest["key"]) == sorted([changed_key] + [f"new_{Path(n).name}" for n in new_names])

@@ -165,6 +165,13 @@ def test_truncated_pixel_data_is_an_error_of_kind_truncated():
     assert err.value.reason == "truncated"
 
 
+def test_file_cut_before_its_pixel_data_is_truncated_not_skipped():
+    data = open(get_testdata_file("MR_small.dcm"), "rb").read()
+    with pytest.raises(imaging.DecodeError) as err:
+        imaging.decode_file(data[:1000], "cut.dcm")
+    assert err.value.reason == "truncated" and "ends inside element" in str(err.value)
+
+
 def test_file_without_preamble_or_meta_is_read():
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     buffer = pydicom.filebase.DicomBytesIO()

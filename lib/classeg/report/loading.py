@@ -11,9 +11,9 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ("source_uri", "key", "status", "error", "label", "label_name", "tumor_probability", "tumor",
-                 "mask_area_px", "mask_fraction", "height", "width", "classifier_id", "segmenter_id",
-                 "scored_at", "run_id")
+SCORE_COLUMNS = ("source_uri", "key", "frame", "status", "error", "label", "label_name",
+                 "tumor_probability", "tumor", "mask_area_px", "mask_fraction", "height", "width", "series_uid",
+                 "modality", "classifier_id", "segmenter_id", "scored_at", "run_id")
 
 
 def _read_parquet_dir(path: Path, columns=None, filter_expression=None) -> pd.DataFrame:
@@ -78,26 +78,37 @@ def _read_scores_table(scores: Path, columns, rows_filter=None) -> pd.DataFrame:
 
 
 def read_scores(scores: Path) -> pd.DataFrame:
-    """The newest row per ``source_uri`` of the completed runs of a scores table (without mask bytes)."""
+    """The newest row per ``source_uri`` (and ``frame``, for multi-frame files and volumes) of the completed
+    runs of a scores table (without mask bytes)."""
     frame = _read_scores_table(scores, SCORE_COLUMNS)
     if frame.empty:
         return frame
     if "scored_at" in frame:
         frame = frame.sort_values("scored_at", kind="mergesort")
-    return frame.drop_duplicates("source_uri", keep="last").sort_values("source_uri").reset_index(drop=True)
+    if "frame" not in frame:
+        frame["frame"] = None
+    return (frame.drop_duplicates(["source_uri", "frame"], keep="last").sort_values(["source_uri", "frame"])
+            .reset_index(drop=True))
 
 
-def read_score_masks(scores: Path, source_uris) -> dict[str, bytes]:
-    """source_uri -> predicted mask PNG bytes, for the given scans (newest row of the completed runs wins)."""
+def read_score_masks(scores: Path, source_uris) -> dict[tuple[str, int | None], bytes]:
+    """(source_uri, frame) -> predicted mask PNG bytes, for the given files (newest row of the completed runs
+    wins; ``frame`` None for single-image files)."""
     import pyarrow.dataset as ds
 
     if not source_uris:
         return {}
-    frame = _read_scores_table(scores, ["source_uri", "mask", "scored_at"],
+    frame = _read_scores_table(scores, ["source_uri", "frame", "mask", "scored_at"],
                                ds.field("source_uri").isin(list(source_uris)))
     if "scored_at" in frame:
         frame = frame.sort_values("scored_at", kind="mergesort")
-    return {row.source_uri: row.mask for row in frame.itertuples() if row.mask is not None}
+    if "frame" not in frame:
+        frame["frame"] = None
+    return {(row.source_uri, _frame(row.frame)): row.mask for row in frame.itertuples() if row.mask is not None}
+
+
+def _frame(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def read_runs(scores: Path) -> list[dict]:

@@ -40,7 +40,7 @@ def _archive_dice(scores_dir: Path, known: pd.DataFrame, truth: dict) -> dict[st
     result = {}
     for row in positives.itertuples():
         true_mask = decode_png(Path(truth[row.key]["mask_png"]).read_bytes()) != 0
-        data = masks.get(row.source_uri)
+        data = masks.get((row.source_uri, _frame(row.frame)))
         predicted = decode_png(data) != 0 if data is not None else np.zeros_like(true_mask)
         if predicted.ndim == 3:
             predicted = predicted.any(axis=2)
@@ -54,19 +54,24 @@ def _archive_dice(scores_dir: Path, known: pd.DataFrame, truth: dict) -> dict[st
 
 def _gallery_tiles(ctx: ReportContext, chosen: pd.DataFrame, truth: dict, dice_by_key: dict) -> list[str]:
     from classeg.errors import FetchError
-    from classeg.imaging import DecodeError, decode_png, decode_scan
+    from classeg.decoded import ReadSettings
+    from classeg.imaging import DecodeError, decode_file, decode_png
     from classeg.io.files import fetch
 
     masks = read_score_masks(ctx.sources.scores, chosen["source_uri"].tolist()) if len(chosen) else {}
     tiles = []
     for index, row in enumerate(chosen.itertuples()):
         key = getattr(row, "key", None) or row.source_uri.rsplit("/", 1)[-1]
+        frame = _frame(row.frame)
         try:
-            image = decode_scan(fetch(row.source_uri), key)
-        except (FetchError, DecodeError) as err:
-            log.warning("report: cannot show %s: %s", row.source_uri, err)
+            images = decode_file(fetch(row.source_uri), key, ReadSettings(modalities=())).images
+            image = next(image.pixels for image in images if image.frame == frame)
+        except (FetchError, DecodeError, StopIteration) as err:
+            log.warning("report: cannot show %s (frame %s): %s", row.source_uri, frame, type(err).__name__)
             continue
-        predicted = decode_png(masks[row.source_uri]) if row.source_uri in masks else None
+        if frame is not None:
+            key = f"{key} frame {frame}"
+        predicted = decode_png(masks[(row.source_uri, frame)]) if (row.source_uri, frame) in masks else None
         entry = truth.get(key)
         true_mask = None
         if entry and entry.get("mask_png"):
@@ -83,12 +88,40 @@ def _gallery_tiles(ctx: ReportContext, chosen: pd.DataFrame, truth: dict, dice_b
     return tiles
 
 
+def _frame(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
 def _runs_table(runs: list[dict]) -> str:
     rows = [[r.get("run_id"), r.get("run_date"), r.get("completed_at"),
-             *(r.get("summary", {}).get(k) for k in ("listed", "pending", "scored", "ok", "errors"))]
+             *(r.get("summary", {}).get(k) for k in ("listed", "pending", "scored", "ok", "errors", "skipped",
+                                                     "rows"))]
             for r in runs]
-    return table(["run", "run date", "completed", "listed", "new", "scored", "ok", "errors"], rows,
-                 caption="Scoring runs (incremental: each run scores only new or changed files)")
+    return table(["run", "run date", "completed", "listed", "new", "scored", "ok", "errors", "skipped", "images"],
+                 rows, caption="Scoring runs (incremental: each run scores only new or changed files; a multi-frame "
+                               "file or volume is one image per frame or slice)")
+
+
+_SERIES_SHOWN = 25
+
+
+def _series_table(scores_dir: Path) -> str:
+    """The series of the completed runs (classeg.scoring.series), most suspicious first."""
+    from classeg.scoring.series import read_series
+
+    series = read_series(scores_dir)
+    if series.empty:
+        return ""
+    series = series.sort_values(["tumor_slices", "max_tumor_probability"], ascending=False)
+    rows = [[row.series_uid or row.series_key.rsplit("/", 1)[-1], row.modality, row.series_description,
+             row.slices_scored, row.tumor_slices, fmt(row.max_tumor_probability), fmt(row.mean_tumor_probability),
+             "" if pd.isna(row.tumor_first_slice) else f"{int(row.tumor_first_slice)}-{int(row.tumor_last_slice)}",
+             fmt(row.tumor_volume_mm3), row.run_id] for row in series.head(_SERIES_SHOWN).itertuples()]
+    return table(["series", "modality", "description", "slices", "tumour slices", "max p(tumour)",
+                  "mean p(tumour)", "tumour slices range", "tumour volume (mm³)", "run"], rows,
+                 caption=f"Series (DICOM series or volumes; {len(series)} in all, the {min(len(series), _SERIES_SHOWN)}"
+                         f" with the most tumour slices shown; volume = mask area x pixel spacing x slice "
+                         f"thickness, summed over tumour slices)")
 
 
 def _against_truth(ctx: ReportContext, ok: pd.DataFrame, errors: pd.DataFrame, truth: dict,
@@ -141,13 +174,22 @@ def render(ctx: ReportContext) -> str:
         return "".join(parts) + missing("The scores table has no rows yet.")
     ok = scores[scores["status"] == "ok"]
     errors = scores[scores["status"] == "error"]
+    skipped = scores[scores["status"] == "skipped"]
     tumor = ok[ok["tumor"] == True]  # noqa: E712
-    ctx.keys.update(archive_scored=len(scores), archive_tumor=len(tumor), scoring_errors=len(errors))
-    parts.append(f"<p><b>{len(scores)}</b> archive files scored (newest result per file): <b>{len(ok)}</b> ok, "
-                 f"<b>{len(errors)}</b> errors; <b>{len(tumor)}</b> classified as tumour and segmented, "
+    files = scores["source_uri"].nunique()
+    ctx.keys.update(archive_scored=files, archive_tumor=len(tumor), scoring_errors=len(errors),
+                    scoring_skipped=len(skipped))
+    parts.append(f"<p><b>{files}</b> archive files scored (newest result per file): <b>{ok['source_uri'].nunique()}"
+                 f"</b> ok ({len(ok)} images), <b>{len(errors)}</b> errors, <b>{len(skipped)}</b> skipped (no image "
+                 f"or another modality); <b>{len(tumor)}</b> images classified as tumour and segmented, "
                  f"{len(ok) - len(tumor)} as no tumour. Scores table <code>{esc(sources.scores)}</code>.</p>")
     if runs:
         parts.append(_runs_table(runs))
+    parts.append(_series_table(sources.scores))
+    if len(skipped):
+        reasons = skipped["error"].fillna("(no reason)").value_counts()
+        parts.append(table(["skip reason", "files"], [[k, int(v)] for k, v in reasons.items()],
+                           caption="Skipped files (accounted for, not errors)"))
     if not ok.empty and "label_name" in ok:
         counts = ok["label_name"].value_counts()
         parts.append(table(["predicted class", "scans"], [[k, int(v)] for k, v in counts.items()],
@@ -163,5 +205,6 @@ def render(ctx: ReportContext) -> str:
 
 SECTION = Section(name="scoring", render=render, key_labels=(
     ("archive_scored", "archive scans scored"), ("archive_tumor", "scored as tumour"),
-    ("scoring_errors", "scoring errors"), ("archive_accuracy", "archive tumour/no-tumour accuracy vs truth"),
+    ("scoring_errors", "scoring errors"), ("scoring_skipped", "files skipped (no image, other modality)"),
+    ("archive_accuracy", "archive tumour/no-tumour accuracy vs truth"),
     ("archive_dice", "archive Dice vs truth (tumour scans)")))

@@ -11,10 +11,13 @@ Order of work (:class:`ScoreJob`), all on the driver except step 5:
    ``defaultParallelism``, never more than the objects);
 5. ``mapInPandas(classeg.scoring.udf.score_partition)`` and write ``<output>/run_date=D/run_id=R/`` (Parquet,
    mode overwrite: re-running a failed run id replaces its rows);
-6. read the run back: every pending object must be there exactly once; count statuses and error kinds;
+6. read the run back: every pending object must be there exactly once (its images' ok rows, or one error or
+   skipped row); count objects, rows, statuses, error kinds and skip reasons; the error rate is error objects
+   over objects scored (skipped objects are not errors);
 7. fail with :class:`classeg.errors.JobFailed` if the error rate passes ``score.max_error_rate`` (the run's
    summary goes to ``<output>/_failed_runs/<run_id>.json``; nothing is recorded, so a re-run scores it all
-   again); otherwise record the manifest (:meth:`classeg.archive.Manifest.record`) and then mark the run
+   again); otherwise record the manifest (:meth:`classeg.archive.Manifest.record`), write the run's series
+   table (:mod:`classeg.scoring.series`, ``<output>/series/run_date=D/run_id=R/``) and then mark the run
    complete (``<output>/_runs/<run_id>.json`` with the summary).
 
 Table layout and readers
@@ -45,12 +48,14 @@ import pandas as pd
 
 from classeg.archive import OBJECTS_SCHEMA_DDL, list_archive, objects_frame
 from classeg.config import Config
+from classeg.dicom import load_patient_key_secret
 from classeg.errors import ERROR_KINDS
 from classeg.io.uri import parse_uri
 from classeg.io.s3 import S3Settings
 from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings, tumor_threshold
 from classeg.scoring.table import (FAILED_RUNS_DIR, SCORES_SCHEMA_DDL, Manifest, _check_run_id, mark_run_complete,
                                    run_path)
+from classeg.scoring.series import write_series
 from classeg.scoring.udf import score_partition
 
 log = logging.getLogger(__name__)
@@ -137,7 +142,9 @@ class ScoreJob:
             tumor_classes=tuple(tumor_classes), tumor_threshold=threshold,
             mask_threshold=score.mask_threshold, batch_size=score.batch_size,
             max_bytes=score.max_object_mb * 2**20, s3=s3, fetch_threads=score.fetch_threads,
-            torch_threads=score.torch_threads, device=score.device, amp=score.amp, channels_last=score.channels_last)
+            torch_threads=score.torch_threads, device=score.device, amp=score.amp, channels_last=score.channels_last,
+            modalities=tuple(score.modalities),
+            patient_key_secret=load_patient_key_secret(score.patient_key_secret, s3_cfg=s3))
         job = cls(archive=str(score.archive), output=str(score.output), settings=settings,
                   classifier_id=predictor.classifier_id, segmenter_id=predictor.segmenter_id, run_id=run_id,
                   run_date=run_date, run_id_given=bool(score.run_id), full=bool(score.full),
@@ -205,14 +212,15 @@ class ScoreJob:
         summary: dict[str, Any] = {
             "run_id": self.run_id, "run_date": self.run_date, "archive": self.archive, "output": self.output,
             "classifier_id": self.classifier_id, "segmenter_id": self.segmenter_id, "full": self.full,
-            "listed": len(objects), "pending": len(pending), "skipped": len(objects) - len(pending),
-            "scored": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_rate": 0.0, "tumor": 0,
+            "listed": len(objects), "pending": len(pending), "already_scored": len(objects) - len(pending),
+            "scored": 0, "ok": 0, "errors": 0, "skipped": 0, "skipped_by_reason": {}, "errors_by_reason": {},
+            "error_rate": 0.0, "rows": 0, "ok_rows": 0, "tumor": 0,
             "rows_written": 0, "partitions": 0, "listing_seconds": round(listed_seconds, 3),
             "scoring_seconds": 0.0, "images_per_s": 0.0, "seconds": 0.0,
             "tumor_threshold": self.settings.tumor_threshold, "tumor_threshold_source": self.tumor_threshold_source,
             "batch_size": self.settings.batch_size,
         }
-        log.info("score: %d objects listed, %d already scored, %d to score", len(objects), summary["skipped"],
+        log.info("score: %d objects listed, %d already scored, %d to score", len(objects), summary["already_scored"],
                  len(pending))
         done = None
         if len(pending):
@@ -228,12 +236,15 @@ class ScoreJob:
                 f"in {failed_marker})")
         if summary["rows_written"]:
             self._record(spark, manifest, summary["rows_written"], done)
+            summary["series"] = write_series(spark, summary["path"], self.output, self.run_date, self.run_id,
+                                             schema=SCORES_SCHEMA_DDL)
         summary["marker"] = mark_run_complete(self.output, run_date=self.run_date, run_id=self.run_id,
                                               summary=summary, s3_cfg=self.s3)
-        log.info("score run %s complete: %d listed, %d scored (%d ok, %d errors %s), %d skipped, %d tumour, "
-                 "%.1f images/s, %.1f s", self.run_id, summary["listed"], summary["scored"], summary["ok"],
-                 summary["errors"], summary["errors_by_reason"], summary["skipped"], summary["tumor"],
-                 summary["images_per_s"], summary["seconds"])
+        log.info("score run %s complete: %d listed, %d already scored, %d scored (%d ok, %d errors %s, %d skipped "
+                 "%s), %d images, %d tumour, %.1f images/s, %.1f s", self.run_id, summary["listed"],
+                 summary["already_scored"], summary["scored"], summary["ok"], summary["errors"],
+                 summary["errors_by_reason"], summary["skipped"], summary["skipped_by_reason"], summary["ok_rows"],
+                 summary["tumor"], summary["images_per_s"], summary["seconds"])
         return summary
 
     def _score(self, spark, pending: pd.DataFrame) -> tuple[dict, pd.DataFrame | None]:
@@ -263,19 +274,24 @@ class ScoreJob:
             totals = _totals(done)
         else:
             totals = _spark_totals(written)
-        rows, distinct = totals["rows"], totals["distinct"]
-        if rows != len(pending) or distinct != len(pending):
-            raise JobFailed(f"score run {self.run_id}: wrote {rows} rows for {distinct} distinct objects, expected "
-                            f"exactly one row for each of {len(pending)} objects (in {target})")
+        objects = totals["distinct"]
+        accounted = totals["ok_objects"] + totals["error_rows"] + totals["skipped_rows"]
+        if objects != len(pending) or accounted != len(pending):
+            raise JobFailed(f"score run {self.run_id}: wrote {totals['rows']} rows for {objects} distinct objects "
+                            f"({totals['ok_objects']} ok, {totals['error_rows']} error rows, "
+                            f"{totals['skipped_rows']} skipped rows), expected each of {len(pending)} objects "
+                            f"exactly once: its images' ok rows, or one error or skipped row (in {target})")
         by_reason = {name: totals[f"kind_{name}"] for name in (*ERROR_KINDS, "other") if totals[f"kind_{name}"]}
-        ok, tumor = totals["ok"] or 0, totals["tumor"] or 0
-        errors = rows - ok
+        errors = totals["error_rows"]
         if errors > sum(by_reason.values()):  # error rows without a "<kind>: ..." text (never written by this job)
             by_reason["unknown"] = errors - sum(by_reason.values())
-        return {"scored": rows, "ok": ok, "errors": errors, "errors_by_reason": dict(sorted(by_reason.items())),
-                "error_rate": round(errors / rows, 6) if rows else 0.0, "tumor": tumor, "rows_written": rows,
+        rows = totals["rows"]
+        return {"scored": objects, "ok": totals["ok_objects"], "errors": errors, "skipped": totals["skipped_rows"],
+                "skipped_by_reason": totals["skipped_by_reason"], "errors_by_reason": dict(sorted(by_reason.items())),
+                "error_rate": round(errors / objects, 6) if objects else 0.0, "rows": rows,
+                "ok_rows": totals["ok_rows"], "tumor": totals["tumor"] or 0, "rows_written": rows,
                 "partitions": partitions, "scoring_seconds": round(scoring_seconds, 3),
-                "images_per_s": round(rows / scoring_seconds, 3) if scoring_seconds > 0 else 0.0,
+                "images_per_s": round(totals["ok_rows"] / scoring_seconds, 3) if scoring_seconds > 0 else 0.0,
                 "path": target}, done
 
     def _record(self, spark, manifest: Manifest, rows: int, done: pd.DataFrame | None = None) -> None:
@@ -305,32 +321,50 @@ class ScoreJob:
         return location.uri
 
 
+_SKIP_REASONS_SHOWN = 20
+
+
 def _totals(done: pd.DataFrame) -> dict:
-    """The read-back counts (as :func:`_spark_totals`) from the collected (uri, version, status, error, tumor)."""
+    """The read-back counts (as :func:`_spark_totals`) from the collected (uri, version, status, error,
+    tumor) rows; a skipped row's ``error`` is its reason."""
     ok = done["status"] == "ok"
     kind = done["error"].fillna("").str.split(":", n=1).str[0]
     error = done["status"] == "error"
-    totals = {"rows": len(done), "distinct": len(done.drop_duplicates(["uri", "version"])), "ok": int(ok.sum()),
+    skipped = done["status"] == "skipped"
+    totals = {"rows": len(done), "distinct": len(done.drop_duplicates(["uri", "version"])),
+              "ok_objects": len(done[ok].drop_duplicates(["uri", "version"])), "ok_rows": int(ok.sum()),
+              "error_rows": int(error.sum()), "skipped_rows": int(skipped.sum()),
               "tumor": int((ok & done["tumor"].astype("boolean").fillna(False).astype(bool)).sum())}
     totals.update({f"kind_{name}": int((error & (kind == name)).sum()) for name in ERROR_KINDS})
     totals["kind_other"] = int((error & ~kind.isin(ERROR_KINDS)).sum())
+    reasons = done.loc[skipped, "error"].fillna("(no reason)").value_counts().head(_SKIP_REASONS_SHOWN)
+    totals["skipped_by_reason"] = {str(reason): int(count) for reason, count in sorted(reasons.items())}
     return totals
 
 
 def _spark_totals(written) -> dict:
-    """The read-back counts in one Spark aggregation: rows, distinct (source_uri, version), ok, tumour, and
-    error rows by kind (the text before ':' in ``error``)."""
+    """The read-back counts in Spark aggregations: rows, distinct (source_uri, version), ok objects and rows,
+    error and skipped rows, tumour rows, error rows by kind (the text before ':' in ``error``) and the most
+    common skip reasons."""
     from pyspark.sql import functions as F
 
     kind = F.substring_index("error", ":", 1)
-    return written.agg(
+    is_ok = F.col("status") == "ok"
+    totals = written.agg(
         F.count(F.lit(1)).alias("rows"), F.countDistinct("source_uri", "version").alias("distinct"),
-        F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
-        F.sum(F.when((F.col("status") == "ok") & F.col("tumor"), 1).otherwise(0)).alias("tumor"),
+        F.countDistinct(F.when(is_ok, F.col("source_uri")), F.when(is_ok, F.col("version"))).alias("ok_objects"),
+        F.sum(F.when(is_ok, 1).otherwise(0)).alias("ok_rows"),
+        F.sum(F.when(F.col("status") == "error", 1).otherwise(0)).alias("error_rows"),
+        F.sum(F.when(F.col("status") == "skipped", 1).otherwise(0)).alias("skipped_rows"),
+        F.sum(F.when(is_ok & F.col("tumor"), 1).otherwise(0)).alias("tumor"),
         *[F.sum(F.when((F.col("status") == "error") & (kind == name), 1).otherwise(0)).alias(f"kind_{name}")
           for name in ERROR_KINDS],
         F.sum(F.when((F.col("status") == "error") & ~kind.isin(*ERROR_KINDS), 1).otherwise(0)).alias("kind_other"),
     ).first().asDict()
+    reasons = (written.where(F.col("status") == "skipped").groupBy(F.coalesce("error", F.lit("(no reason)")))
+               .count().orderBy(F.col("count").desc()).limit(_SKIP_REASONS_SHOWN).collect())
+    totals["skipped_by_reason"] = {str(row[0]): int(row[1]) for row in sorted(reasons)}
+    return {key: (value or 0) if key != "skipped_by_reason" else value for key, value in totals.items()}
 
 
 def _chunks(rows: Iterator, size: int) -> Iterator[list]:

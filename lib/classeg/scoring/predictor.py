@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from classeg import imaging
+from classeg.decoded import READ_DEFAULT_MODALITIES, ReadSettings
 from classeg.io.s3 import S3Settings
 from classeg.labels import TumorClassError, tumor_class_names
 
@@ -43,6 +44,9 @@ class ScoreSettings:
     timeouts; anything ``S3Settings.of`` takes is turned into one).
     ``device``: "auto" | "cpu" | "cuda" | "cuda:N" (see :func:`select_device`). ``torch_threads``: 0 means the
     task's CPUs (``spark.task.cpus``), else that many. ``fetch_threads``: objects fetched and decoded at once.
+    ``modalities``: DICOM Modality values scored (others are ``skipped`` rows; empty: all).
+    ``patient_key_secret``: the HMAC secret of the ``patient_key`` column (None: the column is null); it
+    travels to the tasks inside these settings and is left out of ``repr``.
     """
 
     classifier: str
@@ -58,6 +62,8 @@ class ScoreSettings:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
+    modalities: tuple[str, ...] = READ_DEFAULT_MODALITIES
+    patient_key_secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self):
         for name in ("tumor_threshold", "mask_threshold"):
@@ -73,6 +79,13 @@ class ScoreSettings:
         _check_device(self.device)
         object.__setattr__(self, "tumor_classes", tuple(self.tumor_classes))
         object.__setattr__(self, "s3", S3Settings.of(self.s3))
+        object.__setattr__(self, "modalities", self.read_settings.modalities)  # checked, upper case
+
+    @property
+    def read_settings(self) -> ReadSettings:
+        """How the tasks read scan files: the DICOM modalities scored and the patient key secret."""
+        modalities = self.modalities if isinstance(self.modalities, str) else tuple(self.modalities)
+        return ReadSettings(modalities=modalities, patient_key_secret=self.patient_key_secret)
 
 
 def _check_device(device: str) -> None:

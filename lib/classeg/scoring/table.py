@@ -39,15 +39,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from classeg.archive import ObjectInfo
-from classeg.errors import RETRYABLE_ERROR_KINDS, ArchiveError, error_kind
+from classeg.dicom import IDENTITY_COLUMNS
+from classeg.errors import RETRYABLE_ERROR_KINDS, STATUSES, ArchiveError, error_kind
 from classeg.io import files
 from classeg.io.s3 import S3Settings
 from classeg.io.uri import Location, parse_uri
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FAILED_RUNS_DIR", "MANIFEST_DIR", "Manifest", "RUNS_DIR", "SCORE_COLUMNS", "SCORES_SCHEMA_DDL",
-           "SCORES_TABLE_DDL", "completed_runs", "mark_run_complete", "read_scores", "run_path"]
+__all__ = ["FAILED_RUNS_DIR", "IDENTITY_COLUMNS", "MANIFEST_DIR", "Manifest", "OBJECT_KEY_COLUMNS", "RUNS_DIR",
+           "SCORE_COLUMNS", "SCORES_SCHEMA_DDL", "SCORES_TABLE_DDL", "completed_runs", "mark_run_complete", "read_scores", "run_path"]
 
 MANIFEST_DIR = "_manifest"
 RUNS_DIR = "_runs"
@@ -55,15 +56,22 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 _MANIFEST_READ_THREADS = 8
 FAILED_RUNS_DIR = "_failed_runs"
 
-SCORE_COLUMNS = ("source_uri", "key", "etag", "size", "mtime", "version", "status", "error", "label", "label_name",
+# One row per scored image: an object is one row (status ok / error / skipped), or one row per frame of a
+# multi-frame DICOM or per axial slice of a NIfTI volume (``frame`` 0-based; null for single-image files).
+OBJECT_KEY_COLUMNS = ("source_uri", "key", "etag", "size", "mtime", "version")
+SCORE_COLUMNS = (*OBJECT_KEY_COLUMNS, "frame", "status", "error", "label", "label_name",
                  "probabilities", "tumor_probability", "tumor", "mask", "mask_area_px", "mask_fraction", "bbox",
-                 "height", "width", "classifier_id", "segmenter_id", "scored_at")
+                 "height", "width", "window_source", "window_low", "window_high", *IDENTITY_COLUMNS,
+                 "classifier_id", "segmenter_id", "scored_at")
 # Spark schema of the rows score_frame / score_partition return (the table adds run_date and run_id).
 SCORES_SCHEMA_DDL = (
-    "source_uri string, key string, etag string, size long, mtime timestamp, version string, status string, "
-    "error string, label int, label_name string, probabilities array<float>, tumor_probability double, "
-    "tumor boolean, mask binary, mask_area_px long, mask_fraction double, bbox array<int>, height int, "
-    "width int, classifier_id string, segmenter_id string, scored_at timestamp")
+    "source_uri string, key string, etag string, size long, mtime timestamp, version string, frame int, "
+    "status string, error string, label int, label_name string, probabilities array<float>, "
+    "tumor_probability double, tumor boolean, mask binary, mask_area_px long, mask_fraction double, "
+    "bbox array<int>, height int, width int, window_source string, window_low double, window_high double, "
+    "study_uid string, series_uid string, sop_uid string, instance_number int, modality string, "
+    "series_description string, pixel_spacing_mm array<double>, slice_thickness_mm double, patient_key string, "
+    "classifier_id string, segmenter_id string, scored_at timestamp")
 
 # The table as read back: the row schema plus the two partition folders.
 SCORES_TABLE_DDL = SCORES_SCHEMA_DDL + ", run_date date, run_id string"
@@ -155,9 +163,11 @@ class Manifest:
         """Append the finished objects of ``scored`` as one new manifest file; returns its URI (None when no row
         counts as done).
 
-        ``scored`` has columns ``uri``, ``version``, ``status`` (``ok`` | ``error``) and, when there are error
-        rows, ``error`` (``"<kind>: <detail>"``). Rows with status ``ok`` and errors of a permanent kind are
-        recorded; ``fetch_failed`` errors and error rows without a reason are not (they are retried next run).
+        ``scored`` has columns ``uri``, ``version``, ``status`` (:data:`classeg.errors.STATUSES`: ``ok`` |
+        ``error`` | ``skipped``) and, when there are error rows, ``error`` (``"<kind>: <detail>"``). Rows with
+        status ``ok`` or ``skipped`` and errors of a permanent kind are recorded; ``fetch_failed`` errors and
+        error rows without a reason are not (they are retried next run). An object with several rows (one per
+        frame or slice) is recorded once.
         Call it only after the scores themselves are written: what is recorded is never scored again.
         """
         _check_run_id(run_id)
@@ -166,9 +176,9 @@ class Manifest:
         missing = [column for column in ("uri", "version", "status") if column not in scored.columns]
         if missing:
             raise ValueError(f"scored lacks columns {missing}; has {list(scored.columns)}")
-        statuses = set(scored["status"].unique()) - {"ok", "error"}
+        statuses = set(scored["status"].unique()) - set(STATUSES)
         if statuses:
-            raise ValueError(f"scored.status must be 'ok' or 'error', got {sorted(map(repr, statuses))}")
+            raise ValueError(f"scored.status must be one of {list(STATUSES)}, got {sorted(map(repr, statuses))}")
         is_error = (scored["status"] == "error").to_numpy()
         if is_error.any() and "error" not in scored.columns:
             raise ValueError("scored has error rows but no 'error' column: it is needed to tell fetch_failed "
@@ -183,7 +193,7 @@ class Manifest:
                 logger.warning("%d error rows have no error text; they are not recorded and will be retried",
                                int(unexplained.sum()))
             done |= is_error & kinds.notna().to_numpy() & ~kinds.isin(RETRYABLE_ERROR_KINDS).to_numpy()
-        rows = scored.loc[done, ["uri", "version", "status"]]
+        rows = scored.loc[done, ["uri", "version", "status"]].drop_duplicates(["uri", "version"])
         retried = int(is_error.sum() - (done & is_error).sum())
         if rows.empty:
             logger.info("run %s: nothing to record in the manifest (%d rows to retry)", run_id, retried)
@@ -294,7 +304,8 @@ def read_scores(spark, output: str | os.PathLike, *, latest: bool = False, inclu
     Only runs marked complete (``_runs/<run_id>.json``) are read, so rows of a crashed or failed run, whose
     objects the next run scores again, are never counted twice. ``include_incomplete=True`` reads every run
     folder (for debugging). ``latest=True`` keeps one row per object URI: the newest by ``scored_at`` (an
-    object rescored with ``--full`` or after it changed has one row per run that scored it).
+    object rescored with ``--full`` or after it changed has one row per run that scored it; objects with several
+    frames keep their newest row per frame).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -303,14 +314,15 @@ def read_scores(spark, output: str | os.PathLike, *, latest: bool = False, inclu
     base = location.spark_uri
     reader = spark.read.schema(SCORES_TABLE_DDL).option("basePath", base)
     if include_incomplete:
-        paths = [base] if _has_runs(location, s3_cfg) else []
+        # Only the run folders: the series table (``series/``) lives under the same output.
+        paths = [location.child("run_date=*").spark_uri] if _has_runs(location, s3_cfg) else []
     else:
         paths = [run_path(output, marker["run_date"], run_id)
                  for run_id, marker in completed_runs(output, s3_cfg=s3_cfg).items()
                  if marker.get("summary", {}).get("rows_written")]
     frame = reader.parquet(*paths) if paths else spark.createDataFrame([], SCORES_TABLE_DDL)
     if latest:
-        newest = Window.partitionBy("source_uri").orderBy(F.col("scored_at").desc(), F.col("run_id").desc())
+        newest = Window.partitionBy("source_uri", "frame").orderBy(F.col("scored_at").desc(), F.col("run_id").desc())
         frame = frame.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
     return frame
 
