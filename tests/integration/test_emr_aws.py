@@ -51,7 +51,7 @@ def test_cluster_lifecycle(emr_moto, overrides, capsys):
 
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["Name"] == "classeg"
-    assert cluster["ReleaseLabel"] == "emr-7.5.0"
+    assert cluster["ReleaseLabel"] == "emr-7.13.0"
     assert cluster["LogUri"] == "s3://classeg-test/logs/"
     assert {app["Name"] for app in cluster["Applications"]} >= {"Hadoop", "Spark"}
     groups = {g["InstanceGroupType"]: g for g in emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]}
@@ -89,7 +89,7 @@ def test_cluster_lifecycle(emr_moto, overrides, capsys):
 def test_wait_for_step_raises_step_failed(emr_moto):
     cfg = load_config(overrides=[f"emr.endpoint_url={emr_moto}"])
     emr = client(emr_moto, "emr")
-    cluster_id = emr.run_job_flow(Name="plain", ReleaseLabel="emr-7.5.0", LogUri="s3n://logs/x/",
+    cluster_id = emr.run_job_flow(Name="plain", ReleaseLabel="emr-7.13.0", LogUri="s3n://logs/x/",
                                   Instances={"MasterInstanceType": "m5.xlarge", "SlaveInstanceType": "m5.xlarge",
                                              "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True})["JobFlowId"]
     step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[{

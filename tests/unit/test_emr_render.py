@@ -77,7 +77,7 @@ def test_cluster_request_gpu_settings():
                                 "InstanceType": "m5.xlarge", "InstanceCount": 1}
     assert groups["CORE"] == {"Name": "gpu-core", "InstanceRole": "CORE", "Market": "ON_DEMAND",
                               "InstanceType": "g5.xlarge", "InstanceCount": 2}
-    assert request["ReleaseLabel"] == "emr-7.5.0"
+    assert request["ReleaseLabel"] == "emr-7.13.0"
     assert request["LogUri"] == "s3://bucket/classeg/logs/"
     assert request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
     assert "Ec2SubnetId" not in request["Instances"] and "Ec2KeyName" not in request["Instances"]
