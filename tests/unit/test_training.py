@@ -89,6 +89,26 @@ def test_gradient_accumulation_steps_only_on_the_last_micro_batch():
     assert not torch.equal(model.head.weight, head) and model.head.weight.grad is None
 
 
+def test_a_one_row_batch_trains_with_batch_norm_running_statistics():
+    torch.manual_seed(0)
+    model = build_model(_spec(strategy="finetune"), load_weights=False)
+    optimizer = build_optimizer(model, task="classify", optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.0,
+                                backbone_lr_scale=1.0)
+    kwargs = dict(loss_fn=torch.nn.CrossEntropyLoss(), optimizer=optimizer,
+                  scaler=torch.amp.GradScaler("cuda", enabled=False), coll=LocalCollectives(), use_amp=False,
+                  accum_steps=1, last_micro=True)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(torch.randn(1, 3, 32, 32))  # ResNet's last stage is 1x1 at 32 px: plain BatchNorm cannot train
+    running = model.backbone.bn1.running_mean.clone()
+    head = model.head.weight.detach().clone()
+    loss = train_step(model, torch.randn(1, 3, 32, 32), torch.tensor([1]), **kwargs)
+    assert loss > 0 and not torch.equal(model.head.weight, head)
+    assert torch.equal(model.backbone.bn1.running_mean, running)  # running statistics used, not updated
+    assert model.backbone.bn1.training  # and BatchNorm is back in training mode for the next batch
+    train_step(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), **kwargs)
+    assert not torch.equal(model.backbone.bn1.running_mean, running)
+
+
 def test_segmenter_model_and_checksum():
     torch.manual_seed(1)
     first = build_model(_spec("segment"), load_weights=False)

@@ -144,7 +144,7 @@ def train_step(train_model, images, target, *, loss_fn, optimizer, scaler, coll:
     import torch
 
     sync = contextlib.nullcontext() if last_micro else coll.no_sync(train_model)
-    with sync:
+    with sync, _batch_norm_for(train_model, images.shape[0]):
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
             output = train_model(images)
             loss = loss_fn(tuple(o.float() for o in output) if isinstance(output, tuple) else output.float(), target)
@@ -153,6 +153,26 @@ def train_step(train_model, images, target, *, loss_fn, optimizer, scaler, coll:
         coll.optimizer_step(optimizer, scaler)
         optimizer.zero_grad()
     return float(loss.detach())
+
+
+@contextlib.contextmanager
+def _batch_norm_for(model, rows: int):
+    """A batch of one row has no batch statistics (BatchNorm raises where a layer's output is 1x1, as in
+    ResNet's last stage on small images). The last batch of a rank's shard can be one row, and every rank
+    must take the same steps, so that batch trains with BatchNorm on its running statistics instead."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if rows != 1 or not layers:
+        yield
+        return
+    for layer in layers:
+        layer.eval()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.train()
 
 
 def make_meter(task: str, num_classes: int):
