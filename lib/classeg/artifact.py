@@ -9,6 +9,10 @@ dicts), ``metrics`` (final test metrics), ``data`` (scan-table fingerprint: path
 
 For a classifier, ``tumor_classes`` lists the class names that mean "tumour" (used by Class-Seg scoring to
 decide which scans to segment); it defaults from the class names and can be overridden at scoring time.
+
+Wherever an artifact is expected (``score``, ``evaluate``, ``train --weights``), :func:`resolve_artifact`
+also takes the output folder of ``classeg train --output DIR`` and picks the model of its newest completed
+run (the rule is in its docstring).
 """
 from __future__ import annotations
 
@@ -16,15 +20,16 @@ import hashlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
 from classeg import __version__
-from classeg.io.files import read_bytes, write_bytes
-from classeg.io.uri import join
+from classeg.io.files import exists, list_files, read_bytes, write_bytes
+from classeg.io.uri import absolute, join, parse_uri
 from classeg.labels import TumorClassError, tumor_class_names
 
 logger = logging.getLogger(__name__)
@@ -33,6 +38,12 @@ FORMAT = "classeg-model/1"
 TASKS = ("classify", "segment")
 WEIGHTS_NAME = "weights.pt"
 META_NAME = "model.json"
+#: What `classeg.training.outputs.write_outputs` writes under ``train.output``: each run's folder under
+#: RUNS_DIR, holding its artifact in MODEL_DIR and, written last, RESULT_NAME; and a copy of the latest
+#: finished run's artifact in ``<output>/MODEL_DIR``.
+RUNS_DIR = "runs"
+MODEL_DIR = "model"
+RESULT_NAME = "result.json"
 
 
 def default_tumor_classes(class_names) -> list[str] | None:
@@ -162,3 +173,82 @@ def load_artifact(uri: str, *, device: str = "cpu", s3_cfg: Any = None, expect_t
     model = build(meta["architecture"], weights=state)
     model.eval().to(device)
     return Artifact(model=model, meta=meta, uri=uri)
+
+
+# -------------------------------------------------------------------------------- training output folders
+def resolve_artifact(uri: str, *, task: str | None = None, s3_cfg: Any = None) -> str:
+    """The artifact folder ``uri`` stands for: ``uri`` itself, or the model of a training output's newest
+    completed run. Driver only; the result is what executors and ranks are given.
+
+    ``uri`` (local, made absolute with :func:`classeg.io.uri.absolute`; or ``s3://``, kept as spelled) is:
+
+    1. an artifact folder (it holds ``model.json``): returned as it is;
+    2. the ``--output`` folder of ``classeg train``: ``<uri>/runs/<run_id>/model`` of its newest completed
+       run. A run is complete when its ``result.json`` exists (training writes it after the run's artifact
+       and the ``<uri>/model`` copy); the newest is the one whose ``model.json`` ``created_at`` (UTC, the
+       moment the artifact was saved, so a resumed run counts from when it finished) is latest, ties broken
+       by the greater run id; with ``task`` ("classify" | "segment"), the newest run of that task (one output
+       folder may hold runs of both). The run's own folder rather than ``<uri>/model``, because the next
+       training run overwrites that copy while a job may still be reading it;
+    3. a training output without completed runs but with ``<uri>/model/model.json``: that folder.
+
+    Otherwise FileNotFoundError naming ``uri`` and what was looked for; ValueError when a completed run's
+    ``model.json`` is missing or not a classeg artifact. Which folder was chosen is logged.
+    """
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")
+    uri = absolute(uri)
+    if exists(join(uri, META_NAME), s3_cfg=s3_cfg):
+        return uri
+    runs = _completed_runs(uri, s3_cfg=s3_cfg)
+    if runs and task is not None:
+        matching = [run for run in runs if run.task == task]
+        if not matching:
+            raise ValueError(f"training output {uri!r} has completed runs of task {sorted({r.task for r in runs})}, "
+                             f"none of task {task!r}: expected a {task!r} model")
+        runs = matching
+    if runs:
+        newest = max(runs)
+        logger.info("%s is a training output: run %s (artifact of %s, the newest of %d completed runs) -> %s", uri,
+                    newest.run_id, newest.created.isoformat(), len(runs), newest.model)
+        return newest.model
+    latest = join(uri, MODEL_DIR)
+    if exists(join(latest, META_NAME), s3_cfg=s3_cfg):
+        logger.info("%s is a training output without completed runs under %s/: using its copy %s", uri,
+                    RUNS_DIR, latest)
+        return latest
+    raise FileNotFoundError(
+        f"no model artifact at {uri!r}: looked for {META_NAME} in it and, as a training output folder, for "
+        f"{RUNS_DIR}/<run_id>/{RESULT_NAME} with {RUNS_DIR}/<run_id>/{MODEL_DIR}/{META_NAME} and for "
+        f"{MODEL_DIR}/{META_NAME}: none found")
+
+
+class _Run(NamedTuple):
+    """A completed training run; tuples order by ``created``, then ``run_id`` (the newest-run rule)."""
+
+    created: datetime
+    run_id: str
+    model: str
+    task: str
+
+
+def _completed_runs(output: str, *, s3_cfg: Any) -> list[_Run]:
+    """Every completed run under ``<output>/runs/``."""
+    runs_uri = join(output, RUNS_DIR)
+    base = parse_uri(runs_uri)
+    found = []
+    for item in list_files(runs_uri, suffix=RESULT_NAME, s3_cfg=s3_cfg):
+        relative = item.prefix[len(base.dir_prefix):] if item.is_s3 else os.path.relpath(item.path, base.path)
+        parts = relative.replace(os.sep, "/").split("/")
+        if len(parts) != 2 or parts[1] != RESULT_NAME:
+            continue  # a result.json deeper down (a copied artifact, a cache) is not a run's marker
+        model = join(runs_uri, parts[0], MODEL_DIR)
+        try:
+            meta = read_meta(model, s3_cfg=s3_cfg)
+            created = datetime.fromisoformat(meta["created_at"])
+        except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"training output {output!r}: run {parts[0]!r} is complete ({RESULT_NAME}) but its "
+                             f"{MODEL_DIR}/ is not a usable artifact: {err}") from err
+        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+        found.append(_Run(created, parts[0], model, meta["task"]))
+    return found

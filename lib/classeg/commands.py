@@ -86,10 +86,12 @@ def evaluate(args, cfg: Config) -> dict:
     from classeg.spark import get_spark
 
     if _evaluate_mode(args) == "model":
+        from classeg.artifact import resolve_artifact
         from classeg.training import evaluate_artifact
 
+        model = resolve_artifact(args.model, s3_cfg=cfg)  # a training output folder: its newest run's model
         spark = get_spark(cfg, app_name="classeg-evaluate")
-        return evaluate_artifact(spark, model=args.model, scans=args.scans, output=args.output, split=args.split,
+        return evaluate_artifact(spark, model=model, scans=args.scans, output=args.output, split=args.split,
                                  batch_size=cfg.score.batch_size, s3_cfg=cfg)
     from classeg.evaluation import ClassSegEvaluation
 

@@ -3,7 +3,9 @@ on one split of a scan table whose truth is known (Phase 3 of the paper).
 
 Order of work, on the driver except step 4:
 
-1. :meth:`ClassSegEvaluation.plan`, before the SparkSession starts: load both artifacts once
+1. :meth:`ClassSegEvaluation.plan`, before the SparkSession starts: resolve ``--classifier``/``--segmenter``
+   (absolute; a training output folder to its newest completed run's model:
+   :func:`classeg.artifact.resolve_artifact`), load both artifacts once
    (:meth:`classeg.scoring.predictor.ClassSegPredictor.load`: a missing or wrong artifact, or a classifier whose
    classes have no tumour meaning, fails here) and choose the tumour threshold (:func:`tumor_threshold`:
    ``--tumor-threshold``, else the classifier's validated ``operating_point.threshold`` from model.json,
@@ -155,9 +157,10 @@ class ClassSegEvaluation:
         ScoreSettings` fields for the tasks (``mask_threshold``, ``batch_size``, ``device``, ``amp``,
         ``channels_last``, ``torch_threads``, ``tumor_classes``), as ``classeg score`` takes them from the
         ``score`` config section. Raises ValueError or FileNotFoundError naming the problem."""
+        from classeg.artifact import resolve_artifact
         from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings
         from classeg.io.s3 import S3Settings
-        from classeg.io.uri import parse_uri
+        from classeg.io.uri import absolute, parse_uri
 
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -165,6 +168,12 @@ class ClassSegEvaluation:
             raise ValueError(f"the Class-Seg evaluation needs both --classifier and --segmenter, got classifier="
                              f"{classifier!r}, segmenter={segmenter!r}")
         parse_uri(output)  # ValueError naming a bad URI
+        # The tasks get absolute artifact folders (their working directory is not the driver's); a training
+        # output folder becomes its newest completed run's model, chosen once here.
+        classifier = resolve_artifact(classifier, task="classify", s3_cfg=s3_cfg)
+        segmenter = resolve_artifact(segmenter, task="segment", s3_cfg=s3_cfg)
+        scans, output = absolute(scans), absolute(output)
+        log.info("evaluate: classifier %s, segmenter %s", classifier, segmenter)
         options = dict(settings or {})
         predictor = ClassSegPredictor.load(classifier, segmenter, s3_cfg=s3_cfg, device="cpu",
                                            tumor_classes=tuple(options.get("tumor_classes", ())))

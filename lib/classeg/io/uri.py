@@ -2,6 +2,9 @@
 ``file:/abs/path``) or a plain local path, parsed once into a :class:`Location` with the forms each consumer
 needs: :attr:`Location.uri` (canonical, for messages and tables), :attr:`Location.path` (local files),
 ``bucket``/``key`` (boto3) and :attr:`Location.spark_uri` (what Spark and Hadoop are given).
+
+:func:`absolute` is what the driver applies to every location it hands to executors or training ranks,
+whose working directory is not the driver's.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-__all__ = ["Location", "S3_SCHEMES", "as_s3", "is_s3", "join", "parse_uri"]
+__all__ = ["Location", "S3_SCHEMES", "absolute", "as_s3", "is_s3", "join", "parse_uri"]
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -103,6 +106,26 @@ def parse_uri(uri: str | os.PathLike | Location) -> Location:
         raise ValueError(f"unsupported URI scheme {scheme!r} in {uri!r}: expected s3://, s3a://, file:// "
                          "or a local path")
     return Location("file", path=os.path.abspath(os.path.expanduser(uri)))
+
+
+def absolute(uri: str | os.PathLike) -> str:
+    """``uri`` as the driver means it, in a form that means the same on every executor and rank.
+
+    A plain local path is made absolute against the driver's current directory, ``~`` expanded
+    (``"models/cls"`` -> ``"/home/me/work/models/cls"``); a URI with a scheme (``s3://``, ``s3a://``,
+    ``file:///abs``, Hadoop's ``file:/abs``, ``hdfs://``) is returned unchanged, since it names the same
+    thing wherever it is read. Executors and training ranks run in their own working directories (a YARN
+    container's, a Spark worker's), so a relative path that the driver checked would name nothing there.
+    ValueError for an empty or non-string ``uri``.
+    """
+    if isinstance(uri, os.PathLike):
+        uri = os.fspath(uri)
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"expected an s3:// URI, a file:// URI or a local path, got {uri!r}")
+    match = _SCHEME.match(uri)
+    if match and uri[match.end():].startswith("/"):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
 
 
 def _file_path(uri: str, rest: str) -> str:

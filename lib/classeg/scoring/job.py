@@ -3,8 +3,10 @@ scores table, record the manifest, mark the run complete.
 
 Order of work (:class:`ScoreJob`), all on the driver except step 5:
 
-1. check the config and load both model artifacts once (wrong or missing artifacts, a classifier whose
-   classes have no tumour meaning: errors before any work);
+1. check the config, resolve ``--classifier``/``--segmenter`` to absolute artifact folders (a training output
+   folder to its newest completed run's model: :func:`classeg.artifact.resolve_artifact`) and load both
+   artifacts once (wrong or missing artifacts, a classifier whose classes have no tumour meaning: errors
+   before any work);
 2. list the archive (:func:`classeg.archive.list_archive`; an unreadable archive fails here);
 3. load the manifest beside the output and keep the objects not scored yet (``--full``: all of them);
 4. turn them into a DataFrame spread over ``score.partitions`` partitions (0: 4 per core of
@@ -47,10 +49,11 @@ from typing import Any
 import pandas as pd
 
 from classeg.archive import OBJECTS_SCHEMA_DDL, list_archive, objects_frame
+from classeg.artifact import resolve_artifact
 from classeg.config import Config
 from classeg.dicom import load_patient_key_secret
 from classeg.errors import ERROR_KINDS
-from classeg.io.uri import parse_uri
+from classeg.io.uri import absolute, parse_uri
 from classeg.io.s3 import S3Settings
 from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings, tumor_threshold
 from classeg.scoring.table import (FAILED_RUNS_DIR, SCORES_SCHEMA_DDL, Manifest, _check_run_id, mark_run_complete,
@@ -133,19 +136,23 @@ class ScoreJob:
         parse_uri(score.archive), parse_uri(score.output)  # ValueError naming a bad URI
         run_date, run_id = _run_date_and_id(score, now or dt.datetime.now(dt.timezone.utc))
         s3 = S3Settings.of(cfg)
+        # The tasks get absolute artifact folders (their working directory is not the driver's), and a
+        # training output folder becomes its newest run's model here, once, so every task loads the same one.
+        classifier = resolve_artifact(str(score.classifier), task="classify", s3_cfg=s3)
+        segmenter = resolve_artifact(str(score.segmenter), task="segment", s3_cfg=s3) if score.segmenter else None
         # Load on the driver once: checks tasks, weights checksums, architectures and the tumour mapping.
-        predictor = ClassSegPredictor.load(str(score.classifier), str(score.segmenter) if score.segmenter else None,
-                                           s3_cfg=s3, device="cpu", tumor_classes=tuple(tumor_classes))
+        predictor = ClassSegPredictor.load(classifier, segmenter, s3_cfg=s3, device="cpu",
+                                           tumor_classes=tuple(tumor_classes))
         threshold, threshold_source = tumor_threshold(predictor.classifier.meta, score.tumor_threshold)
         settings = ScoreSettings(
-            classifier=str(score.classifier), segmenter=str(score.segmenter) if score.segmenter else None,
+            classifier=classifier, segmenter=segmenter,
             tumor_classes=tuple(tumor_classes), tumor_threshold=threshold,
             mask_threshold=score.mask_threshold, batch_size=score.batch_size,
             max_bytes=score.max_object_mb * 2**20, s3=s3, fetch_threads=score.fetch_threads,
             torch_threads=score.torch_threads, device=score.device, amp=score.amp, channels_last=score.channels_last,
             modalities=tuple(score.modalities),
             patient_key_secret=load_patient_key_secret(score.patient_key_secret, s3_cfg=s3))
-        job = cls(archive=str(score.archive), output=str(score.output), settings=settings,
+        job = cls(archive=absolute(str(score.archive)), output=absolute(str(score.output)), settings=settings,
                   classifier_id=predictor.classifier_id, segmenter_id=predictor.segmenter_id, run_id=run_id,
                   run_date=run_date, run_id_given=bool(score.run_id), full=bool(score.full),
                   max_error_rate=float(score.max_error_rate), partitions=int(score.partitions),
@@ -153,8 +160,8 @@ class ScoreJob:
                   s3=cfg.s3.to_dict(), tumor_threshold_source=threshold_source)
         log.info("score: tumour threshold %.4f (%s)", threshold, threshold_source)
         tumour = [predictor.class_names[i] for i in predictor.tumor_indices]
-        log.info("score: classifier %s (tumour classes %s), segmenter %s; run %s (%s)", job.classifier_id, tumour,
-                 job.segmenter_id or "none", run_id, run_date)
+        log.info("score: classifier %s (tumour classes %s) from %s, segmenter %s from %s; run %s (%s)",
+                 job.classifier_id, tumour, classifier, job.segmenter_id or "none", segmenter or "-", run_id, run_date)
         return job
 
     # ------------------------------------------------------------------------------------------ running

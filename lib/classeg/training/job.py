@@ -29,9 +29,9 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from classeg.artifact import read_meta
+from classeg.artifact import read_meta, resolve_artifact
 from classeg.io.files import read_bytes
-from classeg.io.uri import is_s3, join, parse_uri
+from classeg.io.uri import absolute, is_s3, join, parse_uri
 from classeg.config import Config
 from classeg.training import checkpoints
 from classeg.training.data import SPLITS, SplitData, prepare_split, split_counts
@@ -66,9 +66,11 @@ def resolve_weights(weights: str | None, *, task: str, arch: str, head: str, bas
                     class_names: list[str], s3_cfg: Any = None) -> dict:
     """What ``--weights`` is: ``{"kind": "none" | "backbone" | "full", "uri": ...}``.
 
-    ``imagenet``: torchvision's weights (checked to be available offline now). A classeg artifact folder or a
+    ``imagenet``: torchvision's weights (checked to be available offline now). A classeg artifact folder (or a
+    training output folder: its newest completed run's model, `classeg.artifact.resolve_artifact`) or a
     classeg checkpoint: full weights; its task and class names must match (ValueError otherwise). Any other
-    file: a torchvision-format backbone state dict (classifier) or a full ResUNet state dict (segmenter)."""
+    file: a torchvision-format backbone state dict (classifier) or a full ResUNet state dict (segmenter).
+    A local ``uri`` in the result is absolute: every rank reads it from its own working directory."""
     if not weights:
         return {"kind": "none"}
     if weights == "imagenet" or weights.startswith("imagenet:"):
@@ -81,10 +83,12 @@ def resolve_weights(weights: str | None, *, task: str, arch: str, head: str, bas
         except WeightsUnavailableError as err:
             raise ValueError(str(err)) from err
         return {"kind": "backbone", "uri": weights}
+    weights = absolute(weights)
     try:
-        meta = read_meta(weights, s3_cfg=s3_cfg)
+        artifact = resolve_artifact(weights, task=task, s3_cfg=s3_cfg)
     except FileNotFoundError:
-        meta = None
+        artifact = None  # not an artifact: a checkpoint or state-dict file, read below
+    meta = None if artifact is None else read_meta(artifact, s3_cfg=s3_cfg)
     if meta is not None:
         _check_source(weights, meta.get("task"), meta.get("class_names"), task=task, class_names=class_names)
         config = meta["architecture"].get("config", {})
@@ -94,7 +98,7 @@ def resolve_weights(weights: str | None, *, task: str, arch: str, head: str, bas
         if mismatched:
             raise ValueError(f"--weights {weights!r} is a {config} model; this run needs {expected} "
                              f"(artifact value, requested value: {mismatched})")
-        return {"kind": "full", "uri": join(weights, meta.get("weights", "weights.pt")),
+        return {"kind": "full", "uri": join(artifact, meta.get("weights", "weights.pt")),
                 "lesion_map": config.get("lesion_class") is not None}
     import torch
 
