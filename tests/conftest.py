@@ -76,3 +76,13 @@ def worker_env(spark, moto_endpoint):
     yield
     environment.clear()
     environment.update(saved)
+
+
+@pytest.fixture(scope="session")
+def standalone_cluster(tmp_path_factory):
+    """A Spark standalone master and one 2-core worker on 127.0.0.1 (tests/cluster.py), stopped at the end."""
+    from cluster import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("standalone"), cores=2)
+    yield cluster
+    cluster.stop()
