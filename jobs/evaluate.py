@@ -10,6 +10,9 @@ The Class-Seg pipeline at the classifier's operating point (classseg_metrics.jso
 
 Parses the flags, loads the config, builds the SparkSession through classeg.spark.get_spark and calls the
 library (see classeg.commands). Run `classeg evaluate --help` for every flag.
+
+Exits 0 when the job succeeded, 1 when it failed (one line on stderr naming the cause), 2 for a usage or config
+error; the SparkSession it started is stopped either way, so spark-submit ends and frees the cluster's cores.
 """
 import sys
 

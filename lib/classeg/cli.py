@@ -4,6 +4,9 @@ with the same flags.
 
 Flags are shorthands for config keys (``--epochs 3`` is ``--set train.epochs=3``); ``--conf FILE`` overlays a
 YAML file and ``--set key=value`` (repeatable) sets any key. Precedence: default < --conf < flags < --set.
+
+Exit status: 0 done, 1 the job failed (one line on stderr naming the root cause; ``--log-level DEBUG`` adds
+the traceback), 2 a usage or config error, 130 interrupted. A command stops the SparkSession it started.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from collections.abc import Callable, Sequence
 
 from classeg import __version__
 from classeg.config import CHOICES, load_config
-from classeg.errors import ConfigError, FetchError, JobFailed
+from classeg.errors import ConfigError, root_cause
+from classeg.spark import stopping_started_session
 
 log = logging.getLogger("classeg")
 
@@ -190,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``classeg`` command (``jobs/*.py`` call this too) and return its exit status: 0 when it
+    succeeded, 1 when it failed, 2 for a usage or config error, 130 when interrupted. A failure is one line on
+    stderr, ``classeg <command>: error: <root cause>`` (:func:`classeg.errors.root_cause`); ``--log-level
+    DEBUG`` also logs the whole traceback. The SparkSession the command started is stopped when it ends,
+    whatever the outcome; one already running in this process (a notebook's ``spark``) is left running."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
@@ -197,14 +206,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     values = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
     try:
         cfg = load_config(args.conf, args.overrides, values)
-    except (ConfigError, FileNotFoundError) as err:
-        parser.exit(2, f"classeg {args.command}: config error: {err}\n")
+    except Exception as err:  # a config file that is missing, unreadable or wrong: a usage error
+        log.debug("classeg %s: bad config", args.command, exc_info=err)
+        parser.exit(2, f"classeg {args.command}: config error: {root_cause(err)}\n")
     try:
-        result = args.run(args, cfg)
-    except (ConfigError, ValueError, FileNotFoundError, JobFailed, FetchError, ImportError) as err:
-        log.error("%s failed: %s", args.command, err)
-        print(f"classeg {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        with stopping_started_session():
+            result = args.run(args, cfg)
+    except KeyboardInterrupt:
+        print(f"classeg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # any failure ends the command: one line naming its cause, the trace at DEBUG
+        log.debug("classeg %s failed", args.command, exc_info=err)
+        print(f"classeg {args.command}: error: {root_cause(err)}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -1,5 +1,6 @@
 """Subcommand bodies: parse nothing, validate what they need, build the SparkSession through the one factory
-when Spark is needed, and call the library. `classeg.cli` and `jobs/*.py` route here."""
+when Spark is needed, and call the library. `classeg.cli` and `jobs/*.py` route here; `classeg.cli.main` stops
+the session a command started when the command ends."""
 from __future__ import annotations
 
 import logging
@@ -47,10 +48,14 @@ def train(args, cfg: Config) -> dict:
     Returns rank 0's result; the artifact is ``<output>/runs/<run_id>/model`` (copied to ``<output>/model``)."""
     from classeg.spark import get_spark
     from classeg.training import run_training
+    from classeg.training.engines import check_slots
 
-    if not cfg.train.scans or not cfg.train.output:
+    train = cfg.train
+    if not train.scans or not train.output:
         raise ValueError("train needs --scans URI and --output URI")
-    spark = get_spark(cfg, app_name=f"classeg-train-{cfg.train.task}")
+    spark = get_spark(cfg, app_name=f"classeg-train-{train.task}")
+    # Before any data is read or materialised: a cluster too small for --num-proc fails at once.
+    check_slots(spark, engine=train.engine, num_proc=train.num_proc, torch_mode=train.torch_mode)
     result = run_training(spark, cfg)
     log.info("train: run id %s, artifact %s", result["run_id"], result["artifact"])
     return result

@@ -2,13 +2,16 @@
 
 Locally it builds ``local[*]`` (or ``spark.master`` from config); under ``spark-submit`` (EMR, YARN) the master
 and resources chosen there win, and only settings the job needs are added. Never called at import time and
-never on an executor.
+never on an executor. The command-line entry points run inside :func:`stopping_started_session`, which stops
+the session a command started when it ends; library functions leave the caller's session alone.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from classeg.config import Config
 
@@ -69,3 +72,33 @@ def get_spark(cfg: Config, *, app_name: str | None = None):
     log.info("Spark %s, master %s, default parallelism %d", spark.version, spark.sparkContext.master,
              spark.sparkContext.defaultParallelism)
     return spark
+
+
+def _running_spark():
+    """The SparkSession (else the bare SparkContext) running in this process, or None. Imports pyspark only if
+    something already has: no session can exist otherwise."""
+    if "pyspark" not in sys.modules:
+        return None
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession() or SparkContext._active_spark_context
+
+
+@contextlib.contextmanager
+def stopping_started_session() -> Iterator[None]:
+    """Stop the SparkSession started inside the block when the block ends, on success or error: a finished
+    ``spark-submit`` must exit and give back the cluster's cores. A session or SparkContext that was already
+    running when the block began (a notebook's or an EMR kernel's ``spark``, a test's fixture) belongs to its
+    caller and keeps running."""
+    started_before = _running_spark() is not None
+    try:
+        yield
+    finally:
+        running = None if started_before else _running_spark()
+        if running is not None:
+            log.debug("stopping the SparkSession this command started")
+            try:
+                running.stop()
+            except Exception as err:  # a JVM that already died cannot stop; the command's own outcome stands
+                log.warning("could not stop the SparkSession: %s", err)
