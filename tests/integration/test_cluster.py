@@ -101,3 +101,13 @@ def test_evaluate_with_the_training_output_folder(standalone_cluster, workdir, t
                         "--output", "evaluation")
     assert result.returncode == 0, _tail(result)
     assert list((workdir / "evaluation").rglob("*.json"))
+
+
+def test_more_processes_than_task_slots_fail_at_once(standalone_cluster, workdir, ingested):
+    result, seconds = _submit(standalone_cluster, workdir, "train", "--scans", "table", "--task", "classify",
+                              "--num-proc", "3", "--output", "models/too-many", timeout=180)
+    assert result.returncode == 2, _tail(result)
+    assert seconds < 60
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("classeg train: error:")]
+    assert len(lines) == 1 and "train.num_proc=3 needs 3 task slots" in lines[0] and "has 2" in lines[0], lines
+    assert not (workdir / "models" / "too-many").exists()

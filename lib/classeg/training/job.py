@@ -35,7 +35,7 @@ from classeg.io.uri import absolute, is_s3, join, parse_uri
 from classeg.config import Config
 from classeg.training import checkpoints
 from classeg.training.data import SPLITS, SplitData, prepare_split, split_counts
-from classeg.training.engines import check_engine, launch, torch_local_mode
+from classeg.training.engines import check_engine, check_slots, launch, torch_local_mode
 from classeg.training.plan import ModelSpec, Recipe, TrainPlan
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,7 @@ def run_training(spark, cfg: Config) -> dict:
     check_engine(train.engine)
     if train.engine == "torch":
         torch_local_mode(spark, train.torch_mode)
+    check_slots(spark, engine=train.engine, num_proc=train.num_proc, torch_mode=train.torch_mode)
     scans, output = _uri(train.scans), _uri(train.output)
     frame, summary = read_scan_table(spark, scans, s3_cfg=s3_settings)
     class_names = list(summary.get("class_names") or [])
