@@ -108,6 +108,7 @@ class TrainSection(Section):
     base_filters: int
     loss: Literal["focal_tversky", "dice", "bce_dice"]
     run_id: str | None  # null: a new id; an existing one resumes
+    max_restarts: int  # relaunches from last.pt after a failed launch
     seed: int
     cache_dir: str | None  # Petastorm cache; null: under the run's output
     threads_per_proc: int

@@ -18,10 +18,12 @@ Layout under ``train.output``::
     model/                                         a copy of the latest finished run's artifact
 
 A run id defaults to a new timestamp-based id (logged); running again with the same ``--run-id`` resumes
-from ``last.pt``.
+from ``last.pt``. A launch that fails (a training process killed, a node lost) is relaunched from ``last.pt``
+up to ``train.max_restarts`` times within the same job.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
@@ -30,7 +32,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from classeg.artifact import read_meta, resolve_artifact
-from classeg.io.files import read_bytes
+from classeg.errors import ConfigError
+from classeg.io.files import exists, read_bytes
 from classeg.io.uri import absolute, is_s3, join, parse_uri
 from classeg.config import Config
 from classeg.training import checkpoints
@@ -231,6 +234,28 @@ def lesion_class(train, counts: dict, class_names: list[str], weights: dict) -> 
     return None
 
 
+def _launch_with_restarts(spark, plan: TrainPlan, train) -> dict:
+    """:func:`launch`, relaunched up to ``train.max_restarts`` times after a failure (a killed process, a lost
+    node: any failure but a configuration error), each time from ``last.pt`` when the run has one, as torchrun's
+    ``--max-restarts`` and Spark's task retries do. A failure that repeats ends the run after the last try."""
+    from classeg.errors import root_cause
+
+    for attempt in range(train.max_restarts + 1):
+        try:
+            return launch(spark, plan, engine=train.engine, num_proc=train.num_proc,
+                          threads=train.threads_per_proc, torch_mode=train.torch_mode)
+        except ConfigError:
+            raise
+        except Exception as err:
+            if attempt == train.max_restarts:
+                raise
+            resume = exists(plan.last_uri, s3_cfg=plan.s3)
+            log.warning("training failed (%s); restart %d of %d from %s", root_cause(err), attempt + 1,
+                        train.max_restarts, "last.pt" if resume else "the start (no checkpoint yet)")
+            plan = dataclasses.replace(plan, resume=resume)
+    raise AssertionError("unreachable")
+
+
 def run_training(spark, cfg: Config) -> dict:
     """Train ``cfg.train.task`` on the scan table ``cfg.train.scans``; returns rank 0's result (run id,
     artifact location, history, test metrics, per-rank weight checksums, ...). Driver only."""
@@ -283,8 +308,7 @@ def run_training(spark, cfg: Config) -> dict:
                          "rows": {s: counts[s]["rows"] for s in SPLITS}, "task_rows": rows,
                          "segment_slices": train.segment_slices if task == "segment" else None},
             log_level=logging.getLevelName(logging.getLogger("classeg").getEffectiveLevel()))
-        result = launch(spark, plan, engine=train.engine, num_proc=train.num_proc, threads=train.threads_per_proc,
-                        torch_mode=train.torch_mode)
+        result = _launch_with_restarts(spark, plan, train)
     finally:
         for split_data in prepared.values():
             split_data.delete()
