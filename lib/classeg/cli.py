@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from classeg import __version__
 from classeg.config import CHOICES, load_config
 from classeg.errors import ConfigError, root_cause
-from classeg.spark import stopping_started_session
+from classeg.spark import quiet_third_party_logs, stopping_started_session
 
 log = logging.getLogger("classeg")
 
@@ -203,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_third_party_logs(debug=args.log_level == "DEBUG")
     values = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
     try:
         cfg = load_config(args.conf, args.overrides, values)

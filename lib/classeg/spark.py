@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 
 from classeg.config import Config
@@ -24,6 +25,45 @@ def ensure_driver(what: str) -> None:
 
     if TaskContext.get() is not None:
         raise RuntimeError(f"{what} must run on the Spark driver, not inside a task")
+
+
+JOB_GROUP_PREFIX = "classeg"
+
+
+@contextlib.contextmanager
+def job_stage(spark, group: str, description: str) -> Iterator[None]:
+    """Every Spark job started inside the block belongs to job group ``classeg-<group>`` with
+    ``description`` (``ingest lgg: decode``), so the Spark UI and the history server say which step of
+    which job is running. The thread's previous group and description are restored afterwards."""
+    context = spark.sparkContext
+    keys = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+    previous = {key: context.getLocalProperty(key) for key in keys}
+    context.setJobGroup(f"{JOB_GROUP_PREFIX}-{group}", description)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            context.setLocalProperty(key, value)
+
+
+class _Py4jChatter(logging.Filter):
+    """py4j also logs on the root logger ("Exception while sending command." with a traceback, at INFO, when a
+    callback connection is reset at shutdown): below WARNING, records from py4j's own files are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "py4j" not in record.pathname
+
+
+def quiet_third_party_logs(*, debug: bool = False) -> None:
+    """The driver log says what classeg does: py4j's connection chatter (INFO lines with tracebacks each time
+    a Python callback connection closes, on its own and on the root logger) only at DEBUG, and Petastorm's FutureWarnings about pyarrow APIs it
+    still uses (nothing a user can act on) not at all."""
+    if not debug:
+        logging.getLogger("py4j").setLevel(logging.WARNING)
+        root = logging.getLogger()
+        if not any(isinstance(f, _Py4jChatter) for f in root.filters):
+            root.addFilter(_Py4jChatter())
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
 
 
 def _submitted() -> bool:
@@ -60,7 +100,8 @@ def get_spark(cfg: Config, *, app_name: str | None = None):
         "spark.sql.parquet.compression.codec": "snappy",
         # Cached frames here are mostly PNG bytes: compressing them again costs CPU and saves nothing.
         "spark.sql.inMemoryColumnarStorage.compressed": "false",
-        "spark.ui.showConsoleProgress": "false" if os.environ.get("CI") else "true",
+        # Progress bars only on a terminal: in spark-submit logs and notebooks they are noise.
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty() and not os.environ.get("CI")).lower(),
         # A failed write must not leave a table that looks complete: Spark's committer writes _SUCCESS last.
         "spark.sql.sources.partitionOverwriteMode": "static",
     }

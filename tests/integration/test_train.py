@@ -108,6 +108,12 @@ def test_classifier_artifact_loads_alone_and_predicts(classifier_run, table):
         assert torch.equal(artifact.model.state_dict()[key], value), key
 
 
+def test_each_split_is_materialised_in_its_own_job_group(classifier_run, spark):
+    tracker = spark.sparkContext.statusTracker()
+    for split in ("train", "val", "test"):
+        assert tracker.getJobIdsForGroup(f"classeg-train-classify-{split}"), split
+
+
 def test_classifier_operating_point_reproduces_its_validation_sensitivity(classifier_run, table, spark):
     from pyspark.sql import functions as F
 

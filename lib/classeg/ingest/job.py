@@ -20,6 +20,7 @@ from classeg.datasets.common import issue_rows
 from classeg.datasets.registry import get_layout
 from classeg.errors import JobFailed
 from classeg.ingest import storage
+from classeg.spark import job_stage
 from classeg.ingest.decode import decode_in_tasks, decode_with_spark, read_mode
 from classeg.ingest.listing import Listing, list_input, parse_listing, plan_files
 from classeg.ingest.resolve import resolve
@@ -90,21 +91,25 @@ def run_ingest(spark, cfg: Config) -> dict:
         raise ValueError(f"ingest needs --input and --output (got input={job.input!r}, output={job.output!r})")
     get_layout(job.dataset)
     run = _Run(job=job, s3=S3Settings.of(cfg))
-    listing = list_input(spark, job.input, read=job.read, s3_cfg=run.s3)
+    with job_stage(spark, "ingest-list", f"ingest {job.dataset}: list {job.input}"):
+        listing = list_input(spark, job.input, read=job.read, s3_cfg=run.s3)
     log.info("ingest %s: %d files under %s", job.dataset, len(listing.paths), listing.root)
     parsed = parse_listing(pd.DataFrame({"path": listing.paths}), dataset=job.dataset, root=listing.root)
     to_decode, path_issues = plan_files(parsed)
     run.lap("list")
     decoding = _start_decode(spark, listing, to_decode, run)
     try:
-        meta = decoding.metadata()
+        with job_stage(spark, "ingest-decode", f"ingest {job.dataset}: decode {len(to_decode)} files"):
+            meta = decoding.metadata()
         run.lap("decode")
         units, issues, summary = _resolve(meta, to_decode, path_issues, listing, run)
         _fail_if_bad(spark, summary, issues, run, base=decoding.base)
         run.lap("resolve")
-        _write_scans(spark, decoding, units, meta, run)
+        with job_stage(spark, "ingest-write", f"ingest {job.dataset}: write {len(units)} scans to {run.output}"):
+            _write_scans(spark, decoding, units, meta, run)
         run.lap("write_scans")
-        write_issues(spark, issues, output=run.output, folder=ERRORS_DIR, base=decoding.base, s3_cfg=run.s3)
+        with job_stage(spark, "ingest-errors", f"ingest {job.dataset}: write the errors table"):
+            write_issues(spark, issues, output=run.output, folder=ERRORS_DIR, base=decoding.base, s3_cfg=run.s3)
         storage.delete(spark, join(run.output, FAILURE_DIR), s3_cfg=run.s3)
         run.lap("write_errors")
         return _finish(spark, summary, run)

@@ -158,7 +158,10 @@ def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows
     ``petastorm.spark.converter.parentCacheDirUrl``, set by the caller). Driver only."""
     from petastorm.spark import make_spark_converter
 
+    from classeg.spark import job_stage
+
     row_groups = row_group_count(rows, processes)
+    stage = job_stage(spark, f"train-{task}-{split}", f"train {task}: materialise the {split} split ({rows} rows)")
     dealt = deal_rows(spark, task_frame(frame, split=split, task=task, tumor_only=tumor_only, with_mask=with_mask),
                       row_groups=row_groups, seed=seed)
     petastorm_log = logging.getLogger("petastorm.spark.spark_dataset_converter")
@@ -166,7 +169,7 @@ def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows
     # Small files are deliberate here (one row group per file, known shard sizes); so is float32.
     petastorm_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), stage:
             warnings.simplefilter("ignore", FutureWarning)
             converter = make_spark_converter(dealt, parquet_row_group_size_bytes=ROW_GROUP_BYTES)
     finally:

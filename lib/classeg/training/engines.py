@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 
@@ -150,8 +151,10 @@ def check_slots(spark, *, engine: str, num_proc: int, torch_mode: str = "auto") 
 def train_process(plan: TrainPlan, engine: str, failures: str) -> dict | None:
     """What every training process runs: `classeg.training.loop.train_rank`, recording its failure as
     ``<failures>/rank-<R>-<pid>.json`` (rank, time, :func:`classeg.errors.root_cause`) before re-raising it."""
+    from classeg.spark import quiet_third_party_logs
     from classeg.training.loop import train_rank
 
+    quiet_third_party_logs()  # the ranks' output reaches the driver's log
     try:
         return train_rank(plan, engine)
     except BaseException as err:
@@ -200,7 +203,10 @@ def _run_engine(spark, plan: TrainPlan, failures: str, *, engine: str, num_proc:
         import horovod.spark
 
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        # The ranks' output (rank 0's epoch progress and test metrics, any rank's warnings) is forwarded to the
+        # driver's stderr, prefixed [rank]<stream>, as TorchDistributor does; stdout stays the job's result.
         results = horovod.spark.run(train_process, args=(plan, "horovod", failures), num_proc=num_proc, env=env,
+                                    stdout=sys.stderr, stderr=sys.stderr,
                                     verbose=1 if log.isEnabledFor(logging.DEBUG) else 0)
         return results[0] if results else None
     if engine == "torch":
