@@ -177,6 +177,9 @@ class EmrSection(Section):
     schedule_name: str
     state_machine_role_arn: str | None
     scheduler_role_arn: str | None
+    kms_key_arn: str | None  # KMS key ARN for at-rest encryption (EMRFS and local disks); null: none
+    tls_certificates: str | None  # s3:// zip of PEM certificates for in-transit TLS; null: none
+    security_configuration: str | None  # an existing EMR security configuration; null: create one
 
 
 # Section name in the YAML -> its dataclass, in the YAML's order.

@@ -140,3 +140,48 @@ def test_schedule_creates_then_updates(emr_moto, overrides, capsys):
         "States"]["Score"]["Parameters"]["Step"]["HadoopJarStep"]["Args"]
     assert args[-2:] == ["--output", "s3://results/scores-v2"]
     assert len([m for m in sfn.list_state_machines()["stateMachines"] if m["name"] == "classeg-scoring"]) == 1
+
+
+KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+CERTS = "s3://classeg-test/certs.zip"
+
+
+def test_up_creates_then_reuses_the_security_configuration(emr_moto, overrides, capsys):
+    emr = client(emr_moto, "emr")
+    secured = [*overrides, "--set", f"emr.kms_key_arn={KMS_KEY}", "--set", f"emr.tls_certificates={CERTS}"]
+    code, first, _ = run_cli(capsys, "emr", "up", *secured)
+    assert code == 0
+    name = first["security_configuration"]["name"]
+    assert first["security_configuration"] == {"name": name, "action": "created"}
+    assert name.startswith("classeg-")
+    assert emr.describe_cluster(ClusterId=first["cluster_id"])["Cluster"]["SecurityConfiguration"] == name
+    stored = json.loads(emr.describe_security_configuration(Name=name)["SecurityConfiguration"])
+    encryption = stored["EncryptionConfiguration"]
+    assert (encryption["EnableAtRestEncryption"], encryption["EnableInTransitEncryption"]) == (True, True)
+    assert encryption["AtRestEncryptionConfiguration"]["S3EncryptionConfiguration"] == {
+        "EncryptionMode": "SSE-KMS", "AwsKmsKey": KMS_KEY}
+    assert encryption["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"] == {
+        "CertificateProviderType": "PEM", "S3Object": CERTS}
+
+    # A rerun with the same settings finds the same name and creates nothing.
+    code, second, _ = run_cli(capsys, "emr", "up", *secured)
+    assert code == 0
+    assert second["security_configuration"] == {"name": name, "action": "reused"}
+    assert emr.describe_cluster(ClusterId=second["cluster_id"])["Cluster"]["SecurityConfiguration"] == name
+
+    # One named by emr.security_configuration is used as it is, and must exist.
+    code, given, _ = run_cli(capsys, "emr", "up", *overrides, "--set", f"emr.security_configuration={name}")
+    assert code == 0 and given["security_configuration"] == {"name": name, "action": "given"}
+    code, out, err = run_cli(capsys, "emr", "up", *overrides, "--set", "emr.security_configuration=no-such-config")
+    assert code == 1 and out is None
+    assert "emr DescribeSecurityConfiguration failed" in err and "no-such-config" in err
+    emr.terminate_job_flows(JobFlowIds=[first["cluster_id"], second["cluster_id"], given["cluster_id"]])
+
+    # Scheduled scoring clusters get it too.
+    code, out, _ = run_cli(capsys, "emr", "schedule", "--cron", "rate(1 day)", "--name", "classeg-secure-scoring",
+                           "--archive", "s3://archive/scans", "--classifier", "s3://models/classifier",
+                           "--output", "s3://results/scores", *secured)
+    assert code == 0
+    definition = json.loads(client(emr_moto, "stepfunctions").describe_state_machine(
+        stateMachineArn=out["state_machine_arn"])["definition"])
+    assert definition["States"]["CreateCluster"]["Parameters"]["SecurityConfiguration"] == name

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from classeg.config import load_config
-from classeg.emr import aws, render
+from classeg.emr import aws, render, security
 
 REPO = Path(__file__).resolve().parents[2]
 SFN_ROLE = "arn:aws:iam::123456789012:role/classeg-sfn"
@@ -323,6 +323,171 @@ def test_validate_catches_what_aws_would_reject():
         render.validate(render.ApiRequest("emr", "AddJobFlowSteps", {"JobFlowId": "j-1"}))
     with pytest.raises(ValueError, match="no operation 'RunCluster'"):
         render.validate(render.ApiRequest("emr", "RunCluster", {}))
+
+
+# --- security configuration and instance role policy ----------------------------------------------------------
+
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+CERTS = "s3://bucket/classeg/certs.zip"
+AT_REST = {"S3EncryptionConfiguration": {"EncryptionMode": "SSE-KMS", "AwsKmsKey": KEY},
+           "LocalDiskEncryptionConfiguration": {"EncryptionKeyProviderType": "AwsKms", "AwsKmsKey": KEY,
+                                                "EnableEbsEncryption": True}}
+IN_TRANSIT = {"TLSCertificateConfiguration": {"CertificateProviderType": "PEM", "S3Object": CERTS}}
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([f"emr.kms_key_arn={KEY}"],
+     {"EnableAtRestEncryption": True, "EnableInTransitEncryption": False, "AtRestEncryptionConfiguration": AT_REST}),
+    ([f"emr.tls_certificates={CERTS}"],
+     {"EnableAtRestEncryption": False, "EnableInTransitEncryption": True,
+      "InTransitEncryptionConfiguration": IN_TRANSIT}),
+    ([f"emr.kms_key_arn={KEY}", f"emr.tls_certificates={CERTS}"],
+     {"EnableAtRestEncryption": True, "EnableInTransitEncryption": True, "AtRestEncryptionConfiguration": AT_REST,
+      "InTransitEncryptionConfiguration": IN_TRANSIT}),
+])
+def test_security_configuration_document(overrides, expected):
+    assert security.security_configuration(emr_config(*overrides)) == {"EncryptionConfiguration": expected}
+
+
+@pytest.mark.parametrize("overrides, kw, message", [
+    ([], {"at_rest": True}, "emr.kms_key_arn is not set: at-rest encryption needs a KMS key"),
+    ([f"emr.kms_key_arn={KEY}"], {"in_transit": True}, "emr.tls_certificates is not set"),
+    ([], {}, "needs at-rest or in-transit encryption: set emr.kms_key_arn"),
+    (["emr.kms_key_arn=alias/classeg"], {}, "emr.kms_key_arn must be a KMS key ARN like .*, got 'alias/classeg'"),
+    (["emr.kms_key_arn=1234abcd-12ab-34cd-56ef-1234567890ab"], {}, "emr.kms_key_arn must be a KMS key ARN"),
+    (["emr.tls_certificates=https://example.com/certs.zip"], {}, "emr.tls_certificates must be the s3:// URI"),
+    (["emr.tls_certificates=s3://bucket/certs/"], {}, "emr.tls_certificates must be the s3:// URI of a .zip"),
+])
+def test_security_configuration_rejects_missing_or_bad_keys(overrides, kw, message):
+    with pytest.raises(ValueError, match=message):
+        security.security_configuration(emr_config(*overrides), **kw)
+
+
+def test_security_plan_names_and_creates():
+    assert security.plan(emr_config()) is None
+    given = security.plan(emr_config(f"emr.kms_key_arn={KEY}", "emr.security_configuration=hospital-standard"))
+    assert (given.name, given.document, given.create) == ("hospital-standard", None, None)
+
+    cfg = emr_config(f"emr.kms_key_arn={KEY}", f"emr.tls_certificates={CERTS}")
+    planned = security.plan(cfg)
+    assert planned.name.startswith("classeg-") and len(planned.name) == len("classeg-") + 12
+    assert planned.name == security.plan(emr_config(f"emr.tls_certificates={CERTS}", f"emr.kms_key_arn={KEY}")).name
+    assert planned.name != security.plan(emr_config(f"emr.kms_key_arn={KEY}")).name
+    assert (planned.create.service, planned.create.operation) == ("emr", "CreateSecurityConfiguration")
+    assert planned.create.params["Name"] == planned.name
+    assert json.loads(planned.create.params["SecurityConfiguration"]) == security.security_configuration(cfg)
+    assert planned.same_document(planned.create.params["SecurityConfiguration"])
+    assert not planned.same_document(json.dumps(security.security_configuration(emr_config(f"emr.kms_key_arn={KEY}"))))
+
+    request = render.cluster_request(cfg, security_configuration=planned.name)
+    assert request["SecurityConfiguration"] == planned.name
+    assert request["LogEncryptionKmsKeyId"] == KEY
+    assert "SecurityConfiguration" not in render.cluster_request(cfg)
+    assert "LogEncryptionKmsKeyId" not in render.cluster_request(emr_config())
+    definition = scoring_definition(cfg, security_configuration=planned.name)
+    assert definition["States"]["CreateCluster"]["Parameters"]["SecurityConfiguration"] == planned.name
+
+
+def test_cli_up_dry_run_creates_security_configuration_first(capsys):
+    code, out, _ = run_cli(capsys, "emr", "up", "--dry-run", "--conf", str(REPO / "conf" / "emr.yaml"),
+                           *sets(f"emr.kms_key_arn={KEY}", f"emr.tls_certificates={CERTS}"))
+    assert code == 0
+    create, cluster = out["requests"]
+    assert create["operation"] == "CreateSecurityConfiguration"
+    assert cluster["operation"] == "RunJobFlow"
+    assert cluster["params"]["SecurityConfiguration"] == create["params"]["Name"]
+
+
+POLICY_URIS = ["emr.wheelhouse=s3://bucket/classeg/wheelhouse/", "emr.log_uri=s3://bucket/classeg/logs",
+               "score.archive=s3://pacs-export/mri/2026", "score.classifier=s3://bucket/classeg/models/classifier",
+               "score.output=s3://bucket/classeg/scores/", "train.output=s3://bucket/classeg/models/classifier",
+               "ingest.output=s3://bucket/classeg/tables/lgg", f"emr.tls_certificates={CERTS}",
+               "score.patient_key_secret=s3://secrets-bucket/classeg/patient-key", f"emr.kms_key_arn={KEY}"]
+
+
+def test_instance_role_policy_from_configured_uris():
+    policy = security.instance_role_policy(emr_config(*POLICY_URIS), write=["s3://bucket/classeg/eval/"])
+    assert policy == {"Version": "2012-10-17", "Statement": [
+        {"Sid": "ReadInputs", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [
+            "arn:aws:s3:::bucket/classeg/certs.zip*",
+            "arn:aws:s3:::bucket/classeg/models/classifier*",
+            "arn:aws:s3:::bucket/classeg/wheelhouse*",
+            "arn:aws:s3:::pacs-export/mri/2026*",
+            "arn:aws:s3:::secrets-bucket/classeg/patient-key*"]},
+        {"Sid": "WriteOutputs", "Effect": "Allow",
+         "Action": ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"], "Resource": [
+            "arn:aws:s3:::bucket/classeg/eval*",
+            "arn:aws:s3:::bucket/classeg/logs*",
+            "arn:aws:s3:::bucket/classeg/models/classifier*",
+            "arn:aws:s3:::bucket/classeg/scores*",
+            "arn:aws:s3:::bucket/classeg/tables/lgg*"]},
+        {"Sid": "ListBucket1", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": ["arn:aws:s3:::bucket"],
+         "Condition": {"StringLike": {"s3:prefix": [
+             "classeg/certs.zip*", "classeg/eval*", "classeg/logs*", "classeg/models/classifier*",
+             "classeg/scores*", "classeg/tables/lgg*", "classeg/wheelhouse*"]}}},
+        {"Sid": "ListBucket2", "Effect": "Allow", "Action": ["s3:ListBucket"],
+         "Resource": ["arn:aws:s3:::pacs-export"], "Condition": {"StringLike": {"s3:prefix": ["mri/2026*"]}}},
+        {"Sid": "ListBucket3", "Effect": "Allow", "Action": ["s3:ListBucket"],
+         "Resource": ["arn:aws:s3:::secrets-bucket"],
+         "Condition": {"StringLike": {"s3:prefix": ["classeg/patient-key*"]}}},
+        {"Sid": "UseKmsKey", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+         "Resource": [KEY]},
+    ]}
+
+
+def test_instance_role_policy_whole_bucket_and_partition():
+    cfg = load_config(overrides=["emr.region=cn-north-1", "emr.wheelhouse=s3://wheels-cn",
+                                 "emr.log_uri=s3://logs-cn/emr/"])
+    statements = {s["Sid"]: s for s in security.instance_role_policy(cfg)["Statement"]}
+    assert statements["ReadInputs"]["Resource"] == ["arn:aws-cn:s3:::wheels-cn/*"]
+    assert statements["ListBucket2"] == {"Sid": "ListBucket2", "Effect": "Allow", "Action": ["s3:ListBucket"],
+                                         "Resource": ["arn:aws-cn:s3:::wheels-cn"]}  # whole bucket: no condition
+    assert statements["ListBucket1"]["Condition"] == {"StringLike": {"s3:prefix": ["emr*"]}}
+    assert "UseKmsKey" not in statements
+
+
+@pytest.mark.parametrize("overrides, kw, message", [
+    (["emr.wheelhouse=null", "emr.log_uri=null"], {}, "no s3:// location is configured"),
+    (["spark.app_name=s3://bucket/app"], {}, "spark.app_name holds an s3:// location .* has no rule"),
+    (["emr.kms_key_arn=alias/x"], {}, "emr.kms_key_arn must be a KMS key ARN"),
+    ([], {"write": ["/local/eval"]}, "--write must be an s3://bucket/prefix URI, got '/local/eval'"),
+])
+def test_instance_role_policy_rejects_bad_input(overrides, kw, message):
+    with pytest.raises(ValueError, match=message):
+        security.instance_role_policy(emr_config(*overrides), **kw)
+
+
+def _good_policy():
+    return security.instance_role_policy(emr_config(*POLICY_URIS))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda p: p.update(Version="2008-10-17"), "Version must be '2012-10-17'"),
+    (lambda p: p.update(Statement=[]), "Statement must be a non-empty list"),
+    (lambda p: p["Statement"][1].update(Sid="ReadInputs"), "Sids must be unique"),
+    (lambda p: p["Statement"][0].update(Effect="Deny"), "Effect must be 'Allow'"),
+    (lambda p: p["Statement"][0].update(Action="s3:GetObject"), "Action must be a non-empty list"),
+    (lambda p: p["Statement"][0].update(Resource=["arn:aws:s3:::bucket"]), "must look like arn:aws:s3:::bucket/"),
+    (lambda p: p["Statement"][0].update(Resource=["*"]), "is not an S3 or KMS ARN"),
+    (lambda p: p["Statement"][2].update(Resource=["arn:aws:s3:::bucket/x*"]), "ListBucket applies to buckets"),
+    (lambda p: p["Statement"][-1].update(Resource=["arn:aws:kms:us-east-1:123456789012:alias/x"]),
+     "is not a KMS key ARN"),
+    (lambda p: p["Statement"][0]["Resource"].extend(f"arn:aws:s3:::bucket/p{i:04d}*" for i in range(500)),
+     "IAM allows 10240"),
+])
+def test_check_policy_finds_defects(mutate, message):
+    policy = _good_policy()
+    security.check_policy(policy)
+    mutate(policy)
+    with pytest.raises(ValueError, match=message):
+        security.check_policy(policy)
+
+
+def test_cli_policy_prints_the_document(capsys):
+    code, out, _ = run_cli(capsys, "emr", "policy", "--conf", str(REPO / "conf" / "emr.yaml"),
+                           "--write", "s3://bucket/classeg/eval", *sets(*POLICY_URIS))
+    assert code == 0
+    assert out == security.instance_role_policy(emr_config(*POLICY_URIS), write=["s3://bucket/classeg/eval"])
 
 
 # --- step logs (pure) -----------------------------------------------------------------------------------------

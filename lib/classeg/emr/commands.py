@@ -1,6 +1,7 @@
-"""``classeg emr ...``: build the wheelhouse, start and stop GPU clusters, submit and wait for job steps, and
-schedule bulk scoring. Each action parses its flags, loads the config and calls ``render``/``aws``/``wheelhouse``;
-``--dry-run`` prints the exact API requests (operation and parameters) instead of sending them.
+"""``classeg emr ...``: build the wheelhouse, start and stop GPU clusters (with their security configuration),
+submit and wait for job steps, schedule bulk scoring, and print the instance role's least-privilege policy. Each
+action parses its flags, loads the config and calls ``render``/``security``/``aws``/``wheelhouse``; ``--dry-run``
+prints the exact API requests (operation and parameters) instead of sending them.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from classeg.config import Config
-from classeg.emr import aws, render, wheelhouse
+from classeg.emr import aws, render, security, wheelhouse
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +50,60 @@ def run_wheelhouse(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
                             dry_run=args.dry_run)
 
 
+# EMR's answer to DescribeSecurityConfiguration for a name it does not know. The code also covers other bad
+# requests; those then fail again in CreateSecurityConfiguration, with EMR's message.
+_SECURITY_CONFIGURATION_MISSING = "InvalidRequestException"
+
+
+def _security_requests(plan: security.SecurityPlan | None) -> list[render.ApiRequest]:
+    return [plan.create] if plan is not None and plan.create is not None else []
+
+
+def _ensure_security_configuration(cfg: Config, plan: security.SecurityPlan | None,
+                                   clients: dict[str, Any]) -> dict[str, str] | None:
+    """Make sure the planned security configuration exists: the named one must, a rendered one is created
+    unless a previous run created it (same name, same settings). Returns its name and what was done."""
+    if plan is None:
+        log.warning("the cluster gets no security configuration: EMR encrypts neither its local disks nor the "
+                    "traffic between its nodes; set emr.kms_key_arn and emr.tls_certificates (docs/emr.md, "
+                    "Security review)")
+        return None
+    describe = render.ApiRequest("emr", "DescribeSecurityConfiguration", {"Name": plan.name})
+    if plan.create is None:
+        aws.send(cfg, describe, clients=clients)  # fails here, naming it, if emr.security_configuration is wrong
+        return {"name": plan.name, "action": "given"}
+    try:
+        stored = aws.send(cfg, describe, clients=clients)
+    except aws.AwsError as err:
+        if aws.error_code(err) != _SECURITY_CONFIGURATION_MISSING:
+            raise
+        aws.send(cfg, plan.create, clients=clients)
+        log.info("security configuration %s created", plan.name)
+        return {"name": plan.name, "action": "created"}
+    if not plan.same_document(stored["SecurityConfiguration"]):
+        raise aws.AwsError(f"security configuration {plan.name} exists with other settings than "
+                           "emr.kms_key_arn/emr.tls_certificates give: delete it or set emr.security_configuration")
+    return {"name": plan.name, "action": "reused"}
+
+
 @_command
 def run_up(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
-    request = render.ApiRequest("emr", "RunJobFlow", render.cluster_request(cfg))
+    plan = security.plan(cfg)
+    request = render.ApiRequest("emr", "RunJobFlow", render.cluster_request(
+        cfg, security_configuration=plan.name if plan else None))
     if args.dry_run:
-        return _dry([request])
-    response = aws.send(cfg, request)
+        return _dry([*_security_requests(plan), request])
+    clients: dict[str, Any] = {}
+    secured = _ensure_security_configuration(cfg, plan, clients)
+    response = aws.send(cfg, request, clients=clients)
     cluster_id = response["JobFlowId"]
     log.info("cluster %s starting (%s x %s); logs under %s", cluster_id, cfg.emr.core_instance_count,
              cfg.emr.core_instance_type, cfg.emr.log_uri)
-    result = {"cluster_id": cluster_id, "cluster_arn": response.get("ClusterArn")}
+    result = {"cluster_id": cluster_id, "cluster_arn": response.get("ClusterArn"), "security_configuration": secured}
     if args.wait:
         from botocore.exceptions import WaiterError
 
-        emr = aws.client(cfg, "emr")
+        emr = clients.get("emr") or aws.client(cfg, "emr")
         try:
             emr.get_waiter("cluster_running").wait(ClusterId=cluster_id,
                                                    WaiterConfig={"Delay": args.poll_seconds, "MaxAttempts": 120})
@@ -117,14 +158,18 @@ def run_down(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
 @_command
 def run_schedule(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     render.check_schedule_expression(args.cron)
+    plan = security.plan(cfg)
     definition = render.scoring_state_machine(cfg, archive=args.archive, classifier=args.classifier,
-                                              segmenter=args.segmenter, output=args.output)
+                                              segmenter=args.segmenter, output=args.output,
+                                              security_configuration=plan.name if plan else None)
     machine = render.state_machine_request(cfg, definition)
     if args.dry_run:
         schedule = render.schedule_request(cfg, expression=args.cron, target_arn=render.state_machine_arn(cfg),
                                            archive=args.archive, output=args.output)
-        return _dry([machine, schedule])
+        return _dry([*_security_requests(plan), machine, schedule])
     clients: dict[str, Any] = {}
+    # Every scheduled run's cluster names it, so it must exist before the first run.
+    _ensure_security_configuration(cfg, plan, clients)
     # Describe first, then create or update: rerunning `schedule` replaces the definition and the expression.
     machine_arn = render.state_machine_arn(cfg)
     if _exists(cfg, render.ApiRequest("stepfunctions", "DescribeStateMachine", {"stateMachineArn": machine_arn}),
@@ -149,6 +194,11 @@ def run_schedule(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
              schedule_action, args.cron)
     return {"state_machine_arn": machine_arn, "state_machine": machine_action, "schedule_arn": schedule_arn,
             "schedule": schedule_action, "expression": args.cron}
+
+
+@_command
+def run_policy(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    return security.instance_role_policy(cfg, read=args.read, write=args.write)
 
 
 def _exists(cfg: Config, describe: render.ApiRequest, missing_code: str, clients: dict[str, Any]) -> bool:
@@ -249,3 +299,14 @@ def add_cli(subparsers, common: Callable[[argparse.ArgumentParser], None]) -> No
     _aws_flags(p, cluster=True)
     common(p)
     p.set_defaults(run=run_schedule)
+
+    p = actions.add_parser("policy", help="print a least-privilege IAM policy for the cluster's instance role",
+                           description="The instance role's S3 and KMS permissions, derived from the s3:// "
+                                       "locations in the config and emr.kms_key_arn (docs/emr.md, Security review).")
+    p.add_argument("--read", action="append", default=[], metavar="S3_URI",
+                   help="another location the jobs read (repeatable), e.g. a --scans given only to a step")
+    p.add_argument("--write", action="append", default=[], metavar="S3_URI",
+                   help="another location the jobs write (repeatable), e.g. an evaluate --output")
+    _key(p, "--region", "emr.region", help="AWS region (its partition goes into the ARNs)")
+    common(p)
+    p.set_defaults(run=run_policy)

@@ -290,8 +290,10 @@ def task_gpu_amount(cfg: Config, job: str) -> str:
     return "1" if share == 1 else repr(1 / share)
 
 
-def cluster_request(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
-    """RunJobFlow parameters for a GPU cluster from the ``emr:`` and ``spark:`` config sections."""
+def cluster_request(cfg: Config, *, name: str | None = None,
+                    security_configuration: str | None = None) -> dict[str, Any]:
+    """RunJobFlow parameters for a GPU cluster from the ``emr:`` and ``spark:`` config sections, with the named
+    EMR security configuration (``classeg.emr.security.plan``) when one is given."""
     emr = cfg.emr
     wheelhouse = _require_s3(emr.wheelhouse, "emr.wheelhouse", "every node installs classeg from it")
     log_uri = _require_s3(emr.log_uri, "emr.log_uri", "cluster and step logs go there")
@@ -306,6 +308,7 @@ def cluster_request(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
         "cluster_name": name or emr.cluster_name,
         "release_label": emr.release_label,
         "log_uri": f"{log_uri}/",
+        "log_encryption_key": emr.kms_key_arn,
         "service_role": emr.service_role,
         "instance_profile": emr.instance_profile,
         "master_instance_type": emr.master_instance_type,
@@ -325,6 +328,7 @@ def cluster_request(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
         "arrow_batch_size": cfg.spark.arrow_batch_size,
         "python_worker_reuse": cfg.spark.python_worker_reuse,
         "tags": [{"Key": key, "Value": value} for key, value in tags.items()],
+        "security_configuration": security_configuration,
     }
     request = _stringify_properties(render(load_template("cluster"), values, template="cluster.yaml"))
     validate(ApiRequest("emr", "RunJobFlow", request))
@@ -399,9 +403,11 @@ def check_schedule_expression(expression: str) -> str:
 
 
 def scoring_state_machine(cfg: Config, *, archive: str, classifier: str, output: str,
-                          segmenter: str | None = None) -> dict[str, Any]:
-    """The ASL definition (a dict; JSON-encode it for CreateStateMachine) of one scheduled scoring run."""
-    cluster = cluster_request(cfg, name=f"{cfg.emr.cluster_name}-scheduled-scoring")
+                          segmenter: str | None = None, security_configuration: str | None = None) -> dict[str, Any]:
+    """The ASL definition (a dict; JSON-encode it for CreateStateMachine) of one scheduled scoring run; its
+    clusters get the named EMR security configuration when one is given."""
+    cluster = cluster_request(cfg, name=f"{cfg.emr.cluster_name}-scheduled-scoring",
+                              security_configuration=security_configuration)
     score_step = step(cfg, "score", scoring_args(archive=archive, classifier=classifier, segmenter=segmenter,
                                                   output=output))
     # The addStep task takes the same Step shape as AddJobFlowSteps; check it with that model.
