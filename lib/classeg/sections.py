@@ -14,8 +14,11 @@ annotations; a section is read-only (``cfg.train.epochs = 3`` raises), ``to_dict
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from classeg.errors import ConfigError
 
 __all__ = ["EmrSection", "IngestSection", "S3Section", "SECTIONS", "ScoreSection", "Section", "SparkSection",
            "TrainSection"]
@@ -48,8 +51,9 @@ class SparkSection(Section):
 
 @dataclass(frozen=True)
 class S3Section(Section):
-    """The one S3 client factory's settings (:class:`classeg.io.s3.S3Settings`): endpoint, region, retries
-    and timeouts in seconds."""
+    """The one S3 client factory's settings (:class:`classeg.io.s3.S3Settings`): endpoint, region, retries,
+    timeouts in seconds, and the encryption and bucket owner every S3 request of classeg (and Spark's own
+    writes, :func:`classeg.io.s3.spark_s3_conf`) asks for."""
 
     endpoint_url: str | None  # an S3-compatible store's http(s):// URL; null: AWS
     region: str
@@ -57,6 +61,28 @@ class S3Section(Section):
     backoff_seconds: float
     connect_timeout: int
     read_timeout: int
+    sse: Literal["none", "AES256", "aws:kms"]  # asked for on every object written; none: the bucket's default
+    kms_key_id: str | None  # sse aws:kms only: KMS key id, ARN or alias; null: the AWS managed key aws/s3
+    expected_bucket_owner: str | None  # 12-digit account id every bucket must belong to; null: not checked
+
+    def __post_init__(self):
+        self.check_encryption(self.sse, self.kms_key_id, self.expected_bucket_owner)
+
+    @staticmethod
+    def check_encryption(sse: str, kms_key_id: str | None, expected_bucket_owner: str | None) -> None:
+        """ConfigError naming the keys when ``s3.kms_key_id`` does not fit ``s3.sse`` (``sse`` itself is checked
+        against its annotation) or ``s3.expected_bucket_owner`` is no account id; the one place these rules
+        live, :class:`~classeg.io.s3.S3Settings` applies them too."""
+        if kms_key_id is not None:
+            if not isinstance(kms_key_id, str) or not kms_key_id.strip():
+                raise ConfigError(f"s3.kms_key_id must be null or a KMS key id, ARN or alias, got {kms_key_id!r}")
+            if sse != "aws:kms":
+                raise ConfigError(f"s3.kms_key_id is set but s3.sse is {sse!r}: a KMS key is used only with "
+                                  "s3.sse: aws:kms (set s3.sse: aws:kms, or s3.kms_key_id: null)")
+        owner = expected_bucket_owner
+        if owner is not None and (not isinstance(owner, str) or not re.fullmatch(r"[0-9]{12}", owner)):
+            raise ConfigError(f"s3.expected_bucket_owner must be null or a 12-digit AWS account id (quoted in "
+                              f"YAML, so a leading 0 is kept), got {owner!r}")
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def test_a_default_file_that_disagrees_with_the_dataclasses_is_refused(tmp_path,
 def test_every_literal_default_is_one_of_its_choices():
     defaults = _yaml_defaults()
     literals = dict(_literal_fields())
-    assert len(literals) == 12
+    assert len(literals) == 13
     for dotted, choices in literals.items():
         section, name = dotted.split(".")
         assert defaults[section][name] in choices, dotted
@@ -134,8 +134,9 @@ def test_choices_are_what_the_annotations_say():
     assert config_module.CHOICES["ingest.dataset"] == ("lgg", "figshare", "folders")
     assert config_module.CHOICES["train.loss"] == ("focal_tversky", "dice", "bce_dice")
     assert sorted(config_module.CHOICES) == [
-        "ingest.dataset", "ingest.read", "train.arch", "train.class_weights", "train.engine", "train.head",
-        "train.loss", "train.optimizer", "train.schedule", "train.segment_slices", "train.strategy", "train.task"]
+        "ingest.dataset", "ingest.read", "s3.sse", "train.arch", "train.class_weights", "train.engine",
+        "train.head", "train.loss", "train.optimizer", "train.schedule", "train.segment_slices", "train.strategy",
+        "train.task"]
 
 
 def test_annotations_of_keys_with_null_or_open_defaults():

@@ -27,7 +27,11 @@ class StepFailed(RuntimeError):
 
 
 def client(cfg: Config, service: str):
-    """A boto3 client for ``service`` in ``emr.region`` (``s3.region`` for S3) with the configured endpoint."""
+    """A boto3 client for ``service`` in ``emr.region`` (``s3.region`` for S3) with the configured endpoint.
+
+    Not :func:`classeg.io.s3.client` for S3: wheelhouse uploads are boto3 managed transfers, which rely on
+    botocore's own retries (off in that factory). It sends the same encryption and expected bucket owner
+    (:func:`classeg.io.s3.add_request_args`)."""
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -37,7 +41,12 @@ def client(cfg: Config, service: str):
         region, endpoint = cfg.emr.region, cfg.emr.endpoint_url
     boto_config = BotoConfig(retries={"max_attempts": 5, "mode": "standard"},
                              connect_timeout=cfg.s3.connect_timeout, read_timeout=cfg.s3.read_timeout)
-    return boto3.session.Session().client(service, region_name=region, endpoint_url=endpoint, config=boto_config)
+    made = boto3.session.Session().client(service, region_name=region, endpoint_url=endpoint, config=boto_config)
+    if service == "s3":
+        from classeg.io import s3 as s3io
+
+        made = s3io.add_request_args(made, s3io.S3Settings.of(cfg))
+    return made
 
 
 def send(cfg: Config, request: ApiRequest, *, clients: dict[str, Any] | None = None) -> dict[str, Any]:

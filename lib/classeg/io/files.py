@@ -3,7 +3,9 @@
 Every write is whole: an S3 object is one PUT; a local file is written to a hidden temporary name in the
 same folder, fsync'd and renamed into place (:func:`atomic_local_file`), so a reader never sees half a file
 and a crash leaves the old file. Locations are anything :func:`classeg.io.uri.parse_uri` takes. ``s3_cfg`` is
-an :class:`~classeg.io.s3.S3Settings`, or what :meth:`S3Settings.of` turns into one (None: the defaults).
+an :class:`~classeg.io.s3.S3Settings`, or what :meth:`S3Settings.of` turns into one (None: the defaults); its
+``sse``/``kms_key_id`` and ``expected_bucket_owner`` go with every S3 request made here (the client of
+:func:`classeg.io.s3.client` adds them), so pass the job's ``s3`` settings, not None, wherever S3 is written.
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def atomic_local_file(path: str | os.PathLike) -> Iterator[str]:
 
 
 def write_bytes(uri: str | os.PathLike | Location, data: bytes, *, s3_cfg: Any = None) -> None:
-    """Write ``data`` as the whole object/file ``uri``; ArchiveError naming the URI when it cannot."""
+    """Write ``data`` as the whole object/file ``uri``; ArchiveError naming the URI when it cannot. On S3 one
+    PUT, with the server-side encryption ``s3_cfg`` asks for (``s3.sse``, ``s3.kms_key_id``)."""
     location = parse_uri(uri)
     if location.is_s3:
         if not location.prefix or location.prefix.endswith("/"):
@@ -77,8 +80,9 @@ def fetch(uri: str | os.PathLike | Location, *, s3_cfg: Any = None, max_bytes: i
 
     S3: at most ``s3.max_attempts`` GET requests, retrying transient failures (HTTP 429/500/502/503/504,
     SlowDown and other throttling, connection refused/reset/closed, timeouts, bodies cut short) with
-    exponential backoff and jitter. ``client``: an S3 client to use instead of the cached one (``s3_cfg`` still
-    sets attempts and backoff). ``max_bytes``: larger objects are not downloaded (checked against the
+    exponential backoff and jitter. ``client``: an S3 client to use instead of the cached one, built by
+    :func:`classeg.io.s3.client` so that it sends the expected bucket owner (``s3_cfg`` still sets attempts and
+    backoff). ``max_bytes``: larger objects are not downloaded (checked against the
     response's Content-Length, or the file size first).
 
     Raises :class:`~classeg.errors.FetchError` with kind ``not_found`` (no such key, bucket or file),
@@ -100,7 +104,7 @@ def fetch(uri: str | os.PathLike | Location, *, s3_cfg: Any = None, max_bytes: i
         raise FetchError("too_large", f"{err.size} bytes, more than max_bytes={max_bytes}", uri=location.uri,
                          attempts=1) from None
     except s3io.AttemptsFailed as failed:
-        raise _fetch_error(location, failed) from failed.error
+        raise _fetch_error(location, failed, settings) from failed.error
     except botocore.exceptions.BotoCoreError as err:  # no credentials, invalid parameters: not retried
         raise FetchError("fetch_failed", f"1 attempt, {type(err).__name__}: {err}", uri=location.uri,
                          attempts=1) from err
@@ -129,7 +133,7 @@ def _get_object(client: Any, location: Location, max_bytes: int | None) -> bytes
     return data
 
 
-def _fetch_error(location: Location, failed: s3io.AttemptsFailed) -> FetchError:
+def _fetch_error(location: Location, failed: s3io.AttemptsFailed, settings: s3io.S3Settings) -> FetchError:
     err = failed.error
     code, status = s3io.error_code(err)
     if s3io.is_not_found(err):
@@ -137,6 +141,7 @@ def _fetch_error(location: Location, failed: s3io.AttemptsFailed) -> FetchError:
                           attempts=failed.attempts)
     plural = "attempt" if failed.attempts == 1 else "attempts"
     detail = f"{code}: {err}" if code and code not in str(err) else str(err)
+    detail += s3io.owner_hint(err, settings)
     message = f"{failed.attempts} {plural}, last error {type(err).__name__}: {detail}"
     logger.warning("fetching %s failed: %s", location.uri, message)
     return FetchError("fetch_failed", message, uri=location.uri, attempts=failed.attempts)
@@ -193,7 +198,7 @@ def exists(uri: str | os.PathLike | Location, *, s3_cfg: Any = None) -> bool:
     except s3io.AttemptsFailed as failed:
         if s3io.is_not_found(failed.error):
             return False
-        raise s3io.storage_error(location.uri, failed.error, failed.attempts) from failed.error
+        raise s3io.storage_error(location.uri, failed.error, failed.attempts, settings=settings) from failed.error
 
 
 def delete(uri: str | os.PathLike | Location, *, s3_cfg: Any = None) -> int:

@@ -1,11 +1,15 @@
 """The one S3 client factory and the retry loop every S3 request of classeg uses.
 
 Settings come from the config's ``s3`` section as a frozen :class:`S3Settings` (endpoint, region, attempts,
-backoff, timeouts). :func:`client` caches one boto3 client per process and settings: clients do not pickle, so
-an executor builds its own from the (picklable) settings. botocore's own retries are off
-(``total_max_attempts=1``): :func:`with_retries` retries transient failures itself, so ``s3.max_attempts`` is
-the exact number of requests per operation. Credentials come from boto3's usual chain (environment,
-``~/.aws``, instance profile).
+backoff, timeouts, encryption, expected bucket owner). :func:`client` caches one boto3 client per process and
+settings: clients do not pickle, so an executor builds its own from the (picklable) settings. botocore's own
+retries are off (``total_max_attempts=1``): :func:`with_retries` retries transient failures itself, so
+``s3.max_attempts`` is the exact number of requests per operation. Credentials come from boto3's usual chain
+(environment, ``~/.aws``, instance profile).
+
+Encryption and the bucket owner are added to the requests by the client itself (:func:`add_request_args`, which
+:func:`client` applies), not by each caller, so no PUT, multipart upload or GET of classeg can go out without
+them; :func:`spark_s3_conf` gives Spark's own S3 writes the same encryption.
 """
 from __future__ import annotations
 
@@ -27,13 +31,18 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
+from classeg.config import CHOICES, load_config
 from classeg.errors import ArchiveError
 from classeg.io.uri import Location, parse_uri
+from classeg.sections import S3Section
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttemptsFailed", "S3Settings", "call", "client", "error_code", "is_not_found", "is_transient",
-           "list_pages", "storage_error", "with_retries"]
+__all__ = ["AttemptsFailed", "S3Settings", "SSE_CHOICES", "add_request_args", "call", "client", "error_code",
+           "is_not_found", "is_transient", "list_pages", "owner_hint", "request_args", "spark_s3_conf", "storage_error",
+           "with_retries"]
+
+SSE_CHOICES = CHOICES["s3.sse"]  # from S3Section's annotation: none, AES256, aws:kms
 
 _MAX_BACKOFF_SECONDS = 20.0
 
@@ -46,6 +55,14 @@ class S3Settings:
     ``endpoint_url``: None for AWS, or an ``http(s)://`` URL of any S3-compatible store. ``region``: the
     client's region. ``max_attempts``: requests per operation (>= 1), transient failures retried with
     exponential backoff from ``backoff_seconds``. ``connect_timeout``/``read_timeout``: seconds (> 0).
+
+    ``sse``: ``"none"`` (ask for nothing: the bucket's default encryption applies), ``"AES256"`` (SSE-S3) or
+    ``"aws:kms"`` (SSE-KMS) on every object written. ``kms_key_id``: with ``aws:kms`` only, the KMS key (id,
+    ARN or alias; an ARN for a key in another account); None: S3 uses the AWS managed key ``aws/s3``.
+    ``expected_bucket_owner``: a 12-digit account id sent with every request, so S3 refuses (403) a bucket
+    that another account owns, e.g. after a typo or a deleted and re-registered bucket name; it applies to
+    every bucket classeg touches, archives included. The rules are
+    :meth:`classeg.sections.S3Section.check_encryption` (a ConfigError, which is a ValueError).
     """
 
     endpoint_url: str | None = None
@@ -54,8 +71,14 @@ class S3Settings:
     backoff_seconds: float = 0.2
     connect_timeout: float = 5
     read_timeout: float = 30
+    sse: str = "none"
+    kms_key_id: str | None = None
+    expected_bucket_owner: str | None = None
 
     def __post_init__(self):
+        if self.sse not in SSE_CHOICES:
+            raise ValueError(f"s3.sse must be one of {list(SSE_CHOICES)}, got {self.sse!r}")
+        S3Section.check_encryption(self.sse, self.kms_key_id, self.expected_bucket_owner)
         endpoint = self.endpoint_url
         if endpoint is not None and (not isinstance(endpoint, str) or not re.match(r"^https?://", endpoint)):
             raise ValueError(f"s3.endpoint_url must be null or an http(s):// URL, got {endpoint!r}")
@@ -95,8 +118,7 @@ class S3Settings:
 
 @functools.lru_cache(maxsize=1)
 def _defaults() -> S3Settings:
-    from classeg.config import load_config  # the embedded default config fixes the defaults
-
+    """The embedded default config's ``s3`` section: the one place defaults are written down."""
     return S3Settings(**load_config().s3.to_dict())
 
 
@@ -121,9 +143,85 @@ def client(settings: S3Settings | None = None):
                 max_pool_connections=32,
             )
             session = boto3.session.Session()  # not the default session: that one is not thread-safe
-            cached = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+            cached = add_request_args(session.client("s3", endpoint_url=settings.endpoint_url, config=config),
+                                      settings)
             _CLIENTS[cache_key] = cached
     return cached
+
+
+# ------------------------------------------------------------------------------- encryption, bucket owner
+
+def request_args(settings: S3Settings, operation_model) -> dict[str, str]:
+    """The parameters ``settings`` add to one S3 operation (a botocore ``OperationModel``), for those of its
+    input members the operation has, as botocore's S3 service model says:
+
+    - ``ServerSideEncryption`` (and ``SSEKMSKeyId`` with a key): PutObject, CreateMultipartUpload, CopyObject,
+      the requests that create objects; never UploadPart, which takes no encryption of its own.
+    - ``ExpectedBucketOwner`` (and ``ExpectedSourceBucketOwner`` for copies): nearly every operation, reads,
+      listings and deletes as well as writes.
+    """
+    members = operation_model.input_shape.members if operation_model.input_shape is not None else {}
+    args = {}
+    if settings.sse != "none" and "ServerSideEncryption" in members:
+        args["ServerSideEncryption"] = settings.sse
+        if settings.kms_key_id is not None:
+            args["SSEKMSKeyId"] = settings.kms_key_id
+    if settings.expected_bucket_owner is not None:
+        for name in ("ExpectedBucketOwner", "ExpectedSourceBucketOwner"):
+            if name in members:
+                args[name] = settings.expected_bucket_owner
+    return args
+
+
+def add_request_args(s3_client, settings: S3Settings):
+    """Make ``s3_client`` (any boto3 S3 client) send :func:`request_args` with every request, including the
+    ones boto3's managed transfers (``upload_file``, ``upload_fileobj``) make for it; returns the client.
+    Parameters a caller passes itself are kept. :func:`client` does this to every client it builds; a module
+    that needs a client with other retries (``classeg.emr.aws``) calls it on its own."""
+    settings = S3Settings.of(settings)
+    if settings.sse == "none" and settings.expected_bucket_owner is None:
+        return s3_client
+
+    def add(params, model, **_):
+        for name, value in request_args(settings, model).items():
+            params.setdefault(name, value)
+
+    # provide-client-params runs before botocore validates and serialises the parameters.
+    s3_client.meta.events.register("provide-client-params.s3", add, unique_id="classeg-s3-request-args")
+    return s3_client
+
+
+def spark_s3_conf(settings: S3Settings | None = None) -> dict[str, str]:
+    """The ``spark.*`` settings that give Spark's own S3 writes (tables, scores, the series table) the
+    encryption of ``settings``, for a SparkSession builder; empty for ``sse: none`` (the bucket's default
+    encryption, or an EMR security configuration, then decides).
+
+    Both filesystems are configured, since which one a URI reaches depends on its scheme and the cluster:
+
+    - S3A (hadoop-aws; ``s3a://``, and ``s3://`` where ``fs.s3.impl`` is S3A): ``fs.s3a.encryption.algorithm``
+      ``AES256`` (SSE-S3) or ``SSE-KMS``, and ``fs.s3a.encryption.key`` (the KMS key; unset: ``aws/s3``). These
+      are the names of Hadoop 3.3 (Spark 3.5 ships 3.3.4); ``fs.s3a.server-side-encryption-*`` are their
+      deprecated older spellings.
+    - EMRFS (``s3://`` on EMR): ``fs.s3.enableServerSideEncryption=true``, and
+      ``fs.s3.serverSideEncryption.kms.keyId`` for SSE-KMS. EMRFS uses SSE-S3 when no key is given, so
+      ``aws:kms`` without ``kms_key_id`` names the AWS managed key by its alias, ``alias/aws/s3``. An EMR
+      security configuration with S3 encryption overrides these.
+
+    Neither filesystem has a setting for the expected bucket owner: Spark's own requests go without it.
+    """
+    settings = S3Settings.of(settings)
+    if settings.sse == "none":
+        return {}
+    kms = settings.sse == "aws:kms"
+    conf = {
+        "spark.hadoop.fs.s3a.encryption.algorithm": "SSE-KMS" if kms else "AES256",
+        "spark.hadoop.fs.s3.enableServerSideEncryption": "true",
+    }
+    if kms:
+        conf["spark.hadoop.fs.s3.serverSideEncryption.kms.keyId"] = settings.kms_key_id or "alias/aws/s3"
+        if settings.kms_key_id is not None:
+            conf["spark.hadoop.fs.s3a.encryption.key"] = settings.kms_key_id
+    return conf
 
 
 # --------------------------------------------------------------------------------------------- retries
@@ -209,8 +307,10 @@ def with_retries(operation: Callable[[], _T], *, what: str, settings: S3Settings
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def storage_error(uri: str, err: BaseException, attempts: int | None = None) -> ArchiveError:
-    """An ArchiveError naming ``uri`` with a reason a user can act on."""
+def storage_error(uri: str, err: BaseException, attempts: int | None = None, *,
+                  settings: S3Settings | None = None) -> ArchiveError:
+    """An ArchiveError naming ``uri`` with a reason a user can act on (with ``settings``, an access denied
+    names the expected bucket owner, the usual cause when one is set)."""
     code, status = error_code(err)
     if isinstance(err, botocore.exceptions.NoCredentialsError):
         reason = "no AWS credentials found (environment variables, ~/.aws or an instance profile)"
@@ -221,6 +321,7 @@ def storage_error(uri: str, err: BaseException, attempts: int | None = None) -> 
         reason = f"credentials rejected ({code})"
     elif code in ("AccessDenied", "AllAccessDisabled") or status == 403:
         reason = f"access denied ({code or status}); check the credentials and the bucket policy"
+        reason += owner_hint(err, settings)
     elif attempts is not None and is_transient(err):
         reason = f"S3 kept failing, {attempts} attempts, last error {type(err).__name__}: {err}"
     else:
@@ -228,14 +329,25 @@ def storage_error(uri: str, err: BaseException, attempts: int | None = None) -> 
     return ArchiveError(f"cannot use {uri}: {reason}")
 
 
+def owner_hint(err: BaseException, settings: S3Settings | None) -> str:
+    """For a 403 while ``s3.expected_bucket_owner`` is set: a clause saying the bucket may belong to another
+    account (S3 answers a wrong owner with a plain AccessDenied); otherwise ``""``."""
+    code, status = error_code(err)
+    owner = settings.expected_bucket_owner if settings is not None else None
+    if owner is None or not (code in ("AccessDenied", "AllAccessDisabled") or status == 403):
+        return ""
+    return (f"; or the bucket is not owned by account {owner} (s3.expected_bucket_owner), which S3 also "
+            "answers with access denied")
+
+
 def call(operation: Callable[[], _T], *, uri: str, what: str, settings: S3Settings) -> _T:
     """One S3 request retried by :func:`with_retries`; failures raised as ArchiveError naming ``uri``."""
     try:
         return with_retries(operation, what=what, settings=settings)
     except AttemptsFailed as failed:
-        raise storage_error(uri, failed.error, failed.attempts) from failed.error
+        raise storage_error(uri, failed.error, failed.attempts, settings=settings) from failed.error
     except botocore.exceptions.BotoCoreError as err:  # no credentials, bad parameters: not retried
-        raise storage_error(uri, err) from err
+        raise storage_error(uri, err, settings=settings) from err
 
 
 def list_pages(location: Location, prefix: str, settings: S3Settings) -> Iterator[dict]:
