@@ -161,7 +161,9 @@ class ScoreSection(Section):
     mask_threshold: float
     max_error_rate: float
     full: bool
-    partitions: int
+    partitions: int  # 0: ceil(pending / objects_per_task), at least one per core
+    objects_per_task: int
+    plan_only: bool  # list and plan (<output>/_plans/<run_id>.json), score and mark nothing
     max_object_mb: int
     tumor_classes: list[str]
     run_date: str | None  # YYYY-MM-DD (a YAML date is kept as that string); null: today (UTC)

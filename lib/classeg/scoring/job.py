@@ -1,26 +1,34 @@
 """The scoring job: list an archive, score what is new with Class-Seg in ``mapInPandas`` tasks, write the
 scores table, record the manifest, mark the run complete.
 
-Order of work (:class:`ScoreJob`), all on the driver except step 5:
+Order of work (:class:`ScoreJob`), planned on the driver:
 
 1. check the config, resolve ``--classifier``/``--segmenter`` to absolute artifact folders (a training output
    folder to its newest completed run's model: :func:`classeg.artifact.resolve_artifact`) and load both
    artifacts once (wrong or missing artifacts, a classifier whose classes have no tumour meaning: errors
    before any work);
 2. list the archive (:func:`classeg.archive.list_archive`; an unreadable archive fails here);
-3. load the manifest beside the output and keep the objects not scored yet (``--full``: all of them);
-4. turn them into a DataFrame spread over ``score.partitions`` partitions (0: 4 per core of
-   ``defaultParallelism``, never more than the objects);
-5. ``mapInPandas(classeg.scoring.udf.score_partition)`` and write ``<output>/run_date=D/run_id=R/`` (Parquet,
-   mode overwrite: re-running a failed run id replaces its rows);
-6. read the run back: every pending object must be there exactly once (its images' ok rows, or one error or
+3. compact the manifest beside the output when it has more than ``MANIFEST_MAX_FILES`` files
+   (:meth:`~classeg.scoring.table.Manifest.compact`), then plan (:func:`plan_pending`): the listing becomes a
+   Spark DataFrame, the objects not scored yet are a left anti-join of it with the manifest on (uri, version)
+   in Spark (``--full``: all of them), counted, and spread over ``ceil(pending / score.objects_per_task)``
+   tasks (at least ``defaultParallelism`` when there are that many objects; ``score.partitions`` > 0 wins).
+   With ``score.plan_only`` the run stops here: it writes the plan (listed, new, changed, already scored,
+   pending, tasks) to ``<output>/_plans/<run_id>.json`` and returns it, scoring and marking nothing;
+4. ``mapInPandas(classeg.scoring.udf.score_partition)`` over those tasks and write
+   ``<output>/run_date=D/run_id=R/`` (Parquet, mode overwrite: re-running a failed run id replaces its rows);
+5. read the run back: every pending object must be there exactly once (its images' ok rows, or one error or
    skipped row); count objects, rows, statuses, error kinds and skip reasons; the error rate is error objects
    over objects scored (skipped objects are not errors);
-7. fail with :class:`classeg.errors.JobFailed` if the error rate passes ``score.max_error_rate`` (the run's
+6. fail with :class:`classeg.errors.JobFailed` if the error rate passes ``score.max_error_rate`` (the run's
    summary goes to ``<output>/_failed_runs/<run_id>.json``; nothing is recorded, so a re-run scores it all
-   again); otherwise record the manifest (:meth:`classeg.archive.Manifest.record`), write the run's series
-   table (:mod:`classeg.scoring.series`, ``<output>/series/run_date=D/run_id=R/``) and then mark the run
-   complete (``<output>/_runs/<run_id>.json`` with the summary).
+   again); otherwise record the run's done objects in the manifest, written by Spark from the rows read back
+   (:meth:`~classeg.scoring.table.Manifest.record_frame`: new files only), write the run's series table
+   (:mod:`classeg.scoring.series`, ``<output>/series/run_date=D/run_id=R/``) and then mark the run complete
+   (``<output>/_runs/<run_id>.json`` with the summary).
+
+Step 4 runs in Spark tasks, the joins and counts of 3, 5 and 6 as Spark jobs; the driver holds the listing
+and the counts, never the manifest.
 
 Table layout and readers
 ------------------------
@@ -41,7 +49,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -53,24 +60,25 @@ from classeg.artifact import resolve_artifact
 from classeg.config import Config
 from classeg.dicom import load_patient_key_secret
 from classeg.errors import ERROR_KINDS
+from classeg.io import files
 from classeg.io.uri import absolute, parse_uri
 from classeg.io.s3 import S3Settings
 from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings, tumor_threshold
-from classeg.scoring.table import (FAILED_RUNS_DIR, SCORES_SCHEMA_DDL, Manifest, _check_run_id, mark_run_complete,
-                                   run_path)
+from classeg.scoring.table import (FAILED_RUNS_DIR, PLANS_DIR, SCORES_SCHEMA_DDL, Manifest, _check_run_id,
+                                   mark_run_complete, run_path)
 from classeg.scoring.series import write_series
 from classeg.scoring.udf import score_partition
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScoreJob", "run_score"]
+__all__ = ["ScoreJob", "ScorePlan", "listing_frame", "plan_pending", "run_score", "task_count"]
 
-_MANIFEST_CHUNK_ROWS = 200_000
-# Tasks: one per core while that keeps them at most _SCANS_PER_TASK scans, else whole waves of one per core.
-# Tasks: one per core while that keeps them at most _SCANS_PER_TASK scans, else whole waves of one per core.
-# Each task pays a start (its first batch is loaded before the model can run, the last one runs alone), so
-# fewer, larger tasks are faster (BENCHMARKS.md, scoring); the cap bounds what a retried task redoes.
-_SCANS_PER_TASK = 2000
+# Runs of up to this many objects are read back with one collect of a few columns (one Spark job instead of
+# several aggregations).
+_COLLECT_MAX_ROWS = 200_000
+# Rows per partition of the listing as it enters Spark: the planning joins' input, not the scoring tasks.
+_LISTING_ROWS_PER_SLICE = 100_000
+_ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
 def _default_run_id(now: dt.datetime) -> str:
@@ -91,6 +99,99 @@ def _run_date_and_id(score, now: dt.datetime) -> tuple[str, str]:
     return str(run_date), run_id
 
 
+def task_count(spark, pending: int, *, objects_per_task: int, partitions: int = 0) -> int:
+    """Scoring tasks for ``pending`` objects: ``ceil(pending / objects_per_task)``, at least one per core of
+    ``defaultParallelism`` when there are that many objects; ``partitions`` > 0 wins; 0 when nothing is
+    pending. Each task pays a start (its first batch loads before the model runs, its last runs alone), so
+    tasks are as large as a retried task may be; more of them only when the cores would idle."""
+    if pending <= 0:
+        return 0
+    if partitions > 0:
+        return min(partitions, pending)
+    by_size = -(-pending // objects_per_task)
+    return max(1, min(max(by_size, spark.sparkContext.defaultParallelism), pending))
+
+
+def listing_frame(spark, objects: pd.DataFrame):
+    """The listing ``objects`` (an :func:`~classeg.archive.objects_frame`) as a Spark DataFrame
+    (:data:`~classeg.archive.OBJECTS_SCHEMA_DDL`) in ``ceil(len / 100k)`` partitions, at least
+    ``defaultParallelism`` (at most one per object). Driver only."""
+    count = len(objects)
+    slices = max(1, min(count, max(spark.sparkContext.defaultParallelism, -(-count // _LISTING_ROWS_PER_SLICE))))
+    previous = spark.conf.get(_ARROW_BATCH_KEY, None)
+    # createDataFrame makes one partition per Arrow batch: sized by rows here, not by the scoring batch size.
+    spark.conf.set(_ARROW_BATCH_KEY, str(max(1, -(-count // slices))))
+    try:
+        return spark.createDataFrame(objects, schema=OBJECTS_SCHEMA_DDL)
+    finally:
+        if previous is None:
+            spark.conf.unset(_ARROW_BATCH_KEY)
+        else:
+            spark.conf.set(_ARROW_BATCH_KEY, previous)
+
+
+@dataclass
+class ScorePlan:
+    """What a run scores. ``frame``: the pending objects (:data:`~classeg.archive.OBJECTS_SCHEMA_DDL`) spread
+    over ``tasks`` partitions, None when nothing is pending. ``already_scored``: listed objects whose (uri,
+    version) is recorded (None when a ``--full`` plan did not look); ``changed``: objects not scored yet whose
+    uri was recorded at another version (None unless counted); ``new`` = not scored yet - ``changed``.
+    Call :meth:`release` when done with ``frame``."""
+
+    listed: int
+    pending: int
+    tasks: int
+    frame: Any
+    already_scored: int | None
+    changed: int | None
+    seconds: float
+    cached: Any = None
+
+    @property
+    def new(self) -> int | None:
+        if self.already_scored is None or self.changed is None:
+            return None
+        return self.listed - self.already_scored - self.changed
+
+    def release(self) -> None:
+        """Drop the cached pending objects (the anti-join's result, kept between its count and the scoring)."""
+        if self.cached is not None:
+            self.cached.unpersist()
+            self.cached = None
+
+
+def plan_pending(spark, objects: pd.DataFrame, manifest: Manifest, *, full: bool = False,
+                 objects_per_task: int = 2000, partitions: int = 0, count_changed: bool = False) -> ScorePlan:
+    """Plan a run on the driver, its joins and counts in Spark: the listing ``objects`` into Spark
+    (:func:`listing_frame`), the objects not scored yet (:meth:`Manifest.pending_frame`, cached between its
+    count and the scoring; ``full``: every listed object, and the manifest is read only for
+    ``count_changed``), and their tasks (:func:`task_count`). ``count_changed`` also counts the changed
+    objects (one more join). A manifest file Spark cannot read is an ArchiveError naming it."""
+    from pyspark import StorageLevel
+
+    started = time.perf_counter()
+    listing = listing_frame(spark, objects)
+    unscored, already_scored, changed = None, None, None
+    if len(objects) and (not full or count_changed):
+        unscored = manifest.pending_frame(spark, listing).persist(StorageLevel.MEMORY_AND_DISK)
+        with manifest.reading():
+            already_scored = len(objects) - unscored.count()
+            changed = manifest.changed_frame(spark, unscored).count() if count_changed else None
+    elif not len(objects):
+        already_scored, changed = 0, 0
+    pending_frame, pending = (listing, len(objects)) if full else (unscored, len(objects) - (already_scored or 0))
+    if full and unscored is not None:
+        unscored.unpersist()
+        unscored = None
+    tasks = task_count(spark, pending, objects_per_task=objects_per_task, partitions=partitions)
+    frame = pending_frame.repartition(tasks) if pending else None
+    plan = ScorePlan(listed=len(objects), pending=pending, tasks=tasks, frame=frame, already_scored=already_scored,
+                     changed=changed, seconds=round(time.perf_counter() - started, 3), cached=unscored)
+    log.info("score plan: %d objects listed, %s already scored, %d to score (%s changed) in %d tasks, %.1f s",
+             plan.listed, already_scored, pending, changed, tasks, plan.seconds)
+    return plan
+
+
 @dataclass
 class ScoreJob:
     """One scoring run, planned and checked on the driver. Build with :meth:`from_config`, run with :meth:`run`."""
@@ -109,6 +210,8 @@ class ScoreJob:
     arrow_batch_size: int
     s3: dict
     tumor_threshold_source: str = "score.tumor_threshold"
+    objects_per_task: int = 2000
+    plan_only: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config, *, now: dt.datetime | None = None) -> "ScoreJob":
@@ -124,9 +227,10 @@ class ScoreJob:
         if missing:
             raise ValueError(f"score needs {', '.join(missing)} (see classeg score --help)")
         if score.partitions < 0:
-            raise ValueError(f"score.partitions must be >= 0 (0: one task per core, at most "
-                             f"{_SCANS_PER_TASK} scans each), "
+            raise ValueError(f"score.partitions must be >= 0 (0: score.objects_per_task objects a task), "
                              f"got {score.partitions!r}")
+        if score.objects_per_task < 1:
+            raise ValueError(f"score.objects_per_task must be >= 1, got {score.objects_per_task!r}")
         if score.arrow_batch_size < 0:
             raise ValueError(f"score.arrow_batch_size must be >= 0 (0: spark.arrow_batch_size), "
                              f"got {score.arrow_batch_size!r}")
@@ -157,7 +261,8 @@ class ScoreJob:
                   run_date=run_date, run_id_given=bool(score.run_id), full=bool(score.full),
                   max_error_rate=float(score.max_error_rate), partitions=int(score.partitions),
                   arrow_batch_size=int(score.arrow_batch_size or cfg.spark.arrow_batch_size),
-                  s3=cfg.s3.to_dict(), tumor_threshold_source=threshold_source)
+                  s3=cfg.s3.to_dict(), tumor_threshold_source=threshold_source,
+                  objects_per_task=int(score.objects_per_task), plan_only=bool(score.plan_only))
         log.info("score: tumour threshold %.4f (%s)", threshold, threshold_source)
         tumour = [predictor.class_names[i] for i in predictor.tumor_indices]
         log.info("score: classifier %s (tumour classes %s) from %s, segmenter %s from %s; run %s (%s)",
@@ -188,13 +293,9 @@ class ScoreJob:
             else:
                 spark.conf.set(key, value)
 
-    def _partitions(self, spark, count: int) -> int:
-        cores = spark.sparkContext.defaultParallelism
-        wanted = self.partitions or cores * max(1, -(-count // (cores * _SCANS_PER_TASK)))
-        return max(1, min(wanted, count))
-
     def run(self, spark) -> dict:
-        """Run the job on ``spark``; returns the run summary (also logged and written with the run marker).
+        """Run the job on ``spark``; returns the run summary (also logged and written with the run marker), or
+        with ``plan_only`` the plan (also written to ``<output>/_plans/<run_id>.json``).
         Raises :class:`classeg.archive.ArchiveError` for an unusable archive or output and
         :class:`classeg.errors.JobFailed` when the error rate passes ``score.max_error_rate``."""
         from classeg.spark import ensure_driver
@@ -207,32 +308,57 @@ class ScoreJob:
             self._restore(spark, previous)
 
     def _run(self, spark) -> dict:
-        from classeg.errors import JobFailed
-
         started = time.perf_counter()
         objects = objects_frame(list_archive(self.archive, s3_cfg=self.s3))
-        listed_seconds = time.perf_counter() - started
-        manifest = Manifest.load(self.output, s3_cfg=self.s3)
+        listed_seconds = round(time.perf_counter() - started, 3)
+        manifest = Manifest.open(self.output, s3_cfg=self.s3)
         if self.run_id_given and self.run_id in manifest.completed_runs():
             raise ValueError(f"run {self.run_id!r} is already complete in {self.output}; choose a new score.run_id")
-        pending = objects if self.full else manifest.pending(objects)
+        # Before planning, so that no plan still reads the files it replaces; a plan-only run writes nothing.
+        compacted = 0 if self.plan_only else manifest.compact(spark)
+        plan = plan_pending(spark, objects, manifest, full=self.full, objects_per_task=self.objects_per_task,
+                            partitions=self.partitions, count_changed=self.plan_only)
+        del objects  # in Spark now
+        try:
+            if self.plan_only:
+                return self._write_plan(plan, manifest, listed_seconds, started)
+            return self._score_and_record(spark, plan, manifest, compacted=compacted, started=started,
+                                          listed_seconds=listed_seconds)
+        finally:
+            plan.release()
+
+    def _write_plan(self, plan: ScorePlan, manifest: Manifest, listed_seconds: float, started: float) -> dict:
+        summary = {"run_id": self.run_id, "run_date": self.run_date, "archive": self.archive, "output": self.output,
+                   "plan_only": True, "full": self.full, "listed": plan.listed, "new": plan.new,
+                   "changed": plan.changed, "already_scored": plan.already_scored, "pending": plan.pending,
+                   "tasks": plan.tasks, "objects_per_task": self.objects_per_task,
+                   "manifest_files": len(manifest.files), "listing_seconds": listed_seconds,
+                   "planning_seconds": plan.seconds, "seconds": round(time.perf_counter() - started, 3)}
+        target = parse_uri(self.output).child(f"{PLANS_DIR}/{self.run_id}.json")
+        summary["plan"] = target.uri
+        files.write_bytes(target, json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"), s3_cfg=self.s3)
+        log.info("score plan %s: %d listed, %s new, %s changed, %s already scored: %d to score in %d tasks "
+                 "(nothing scored; plan in %s)", self.run_id, plan.listed, plan.new, plan.changed,
+                 plan.already_scored, plan.pending, plan.tasks, target.uri)
+        return summary
+
+    def _score_and_record(self, spark, plan: ScorePlan, manifest: Manifest, *, compacted: int, started: float,
+                          listed_seconds: float) -> dict:
+        from classeg.errors import JobFailed
+
         summary: dict[str, Any] = {
             "run_id": self.run_id, "run_date": self.run_date, "archive": self.archive, "output": self.output,
             "classifier_id": self.classifier_id, "segmenter_id": self.segmenter_id, "full": self.full,
-            "listed": len(objects), "pending": len(pending), "already_scored": len(objects) - len(pending),
+            "listed": plan.listed, "pending": plan.pending, "already_scored": plan.listed - plan.pending,
             "scored": 0, "ok": 0, "errors": 0, "skipped": 0, "skipped_by_reason": {}, "errors_by_reason": {},
             "error_rate": 0.0, "rows": 0, "ok_rows": 0, "tumor": 0,
-            "rows_written": 0, "partitions": 0, "listing_seconds": round(listed_seconds, 3),
-            "scoring_seconds": 0.0, "images_per_s": 0.0, "seconds": 0.0,
+            "rows_written": 0, "partitions": 0, "listing_seconds": listed_seconds, "planning_seconds": plan.seconds,
+            "manifest_files_compacted": compacted, "scoring_seconds": 0.0, "images_per_s": 0.0, "seconds": 0.0,
             "tumor_threshold": self.settings.tumor_threshold, "tumor_threshold_source": self.tumor_threshold_source,
             "batch_size": self.settings.batch_size,
         }
-        log.info("score: %d objects listed, %d already scored, %d to score", len(objects), summary["already_scored"],
-                 len(pending))
-        done = None
-        if len(pending):
-            result, done = self._score(spark, pending)
-            summary.update(result)
+        if plan.pending:
+            summary.update(self._score(spark, plan))
         summary["seconds"] = round(time.perf_counter() - started, 3)
         if summary["error_rate"] > self.max_error_rate:
             failed_marker = self._write_failed(summary)
@@ -242,7 +368,7 @@ class ScoreJob:
                 f"score.max_error_rate={self.max_error_rate}; nothing recorded, the run is not complete (summary "
                 f"in {failed_marker})")
         if summary["rows_written"]:
-            self._record(spark, manifest, summary["rows_written"], done)
+            self._record(spark, manifest, summary)
             summary["series"] = write_series(spark, summary["path"], self.output, self.run_date, self.run_id,
                                              schema=SCORES_SCHEMA_DDL)
         summary["marker"] = mark_run_complete(self.output, run_date=self.run_date, run_id=self.run_id,
@@ -254,39 +380,35 @@ class ScoreJob:
                  summary["tumor"], summary["images_per_s"], summary["seconds"])
         return summary
 
-    def _score(self, spark, pending: pd.DataFrame) -> tuple[dict, pd.DataFrame | None]:
-        """Score ``pending`` and check the written rows; returns (summary counts, the collected (uri, version,
-        status, error, tumor) rows, or None for runs too large to collect)."""
+    def _score(self, spark, plan: ScorePlan) -> dict:
+        """Score the plan's objects and check the written rows; returns the summary counts."""
         from pyspark.sql import functions as F
 
         from classeg.errors import JobFailed
 
-        partitions = self._partitions(spark, len(pending))
         target = run_path(self.output, self.run_date, self.run_id)
         started = time.perf_counter()
-        objects = spark.createDataFrame(pending, schema=OBJECTS_SCHEMA_DDL).repartition(partitions)
-        scored = objects.mapInPandas(partial(score_partition, settings=self.settings), schema=SCORES_SCHEMA_DDL)
-        spark.sparkContext.setJobDescription(f"classeg score {self.run_id}: {len(pending)} objects")
+        scored = plan.frame.mapInPandas(partial(score_partition, settings=self.settings), schema=SCORES_SCHEMA_DDL)
+        spark.sparkContext.setJobDescription(f"classeg score {self.run_id}: {plan.pending} objects")
         try:
             scored.write.mode("overwrite").parquet(target)
         finally:
             spark.sparkContext.setJobDescription(None)
         scoring_seconds = time.perf_counter() - started
         written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(target)
-        done = None
-        if len(pending) <= _MANIFEST_CHUNK_ROWS:
-            # Small enough for one Arrow collect of the few columns needed: the invariant, the counts and the
-            # manifest rows all come from this one read (one Spark job instead of two).
-            done = written.select(F.col("source_uri").alias("uri"), "version", "status", "error", "tumor").toPandas()
-            totals = _totals(done)
+        if plan.pending <= _COLLECT_MAX_ROWS:
+            # Small enough for one Arrow collect of the few columns needed: the invariant and the counts come
+            # from this one read (one Spark job instead of several).
+            totals = _totals(written.select(F.col("source_uri").alias("uri"), "version", "status", "error",
+                                            "tumor").toPandas())
         else:
             totals = _spark_totals(written)
         objects = totals["distinct"]
         accounted = totals["ok_objects"] + totals["error_rows"] + totals["skipped_rows"]
-        if objects != len(pending) or accounted != len(pending):
+        if objects != plan.pending or accounted != plan.pending:
             raise JobFailed(f"score run {self.run_id}: wrote {totals['rows']} rows for {objects} distinct objects "
                             f"({totals['ok_objects']} ok, {totals['error_rows']} error rows, "
-                            f"{totals['skipped_rows']} skipped rows), expected each of {len(pending)} objects "
+                            f"{totals['skipped_rows']} skipped rows), expected each of {plan.pending} objects "
                             f"exactly once: its images' ok rows, or one error or skipped row (in {target})")
         by_reason = {name: totals[f"kind_{name}"] for name in (*ERROR_KINDS, "other") if totals[f"kind_{name}"]}
         errors = totals["error_rows"]
@@ -297,25 +419,25 @@ class ScoreJob:
                 "skipped_by_reason": totals["skipped_by_reason"], "errors_by_reason": dict(sorted(by_reason.items())),
                 "error_rate": round(errors / objects, 6) if objects else 0.0, "rows": rows,
                 "ok_rows": totals["ok_rows"], "tumor": totals["tumor"] or 0, "rows_written": rows,
-                "partitions": partitions, "scoring_seconds": round(scoring_seconds, 3),
+                "partitions": plan.tasks, "scoring_seconds": round(scoring_seconds, 3),
                 "images_per_s": round(totals["ok_rows"] / scoring_seconds, 3) if scoring_seconds > 0 else 0.0,
-                "path": target}, done
+                "path": target}
 
-    def _record(self, spark, manifest: Manifest, rows: int, done: pd.DataFrame | None = None) -> None:
-        """Add the run's finished objects to the manifest, in bounded chunks (never the whole table at once).
-        ``done``: the run's (uri, version, status, error) rows when already read back."""
+    def _record(self, spark, manifest: Manifest, summary: dict) -> None:
+        """Add the run's done objects to the manifest: a Spark write of the rows read back, new files only."""
         from pyspark.sql import functions as F
 
-        if done is not None:
-            manifest.record(self.run_id, done[["uri", "version", "status", "error"]])
+        recordable = summary["scored"] - summary["errors_by_reason"].get("fetch_failed", 0)
+        if recordable <= 0:
+            log.info("run %s: nothing to record in the manifest (every object is retried next run)", self.run_id)
             return
-        written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(run_path(self.output, self.run_date, self.run_id))
+        written = spark.read.schema(SCORES_SCHEMA_DDL).parquet(summary["path"])
         done = written.select(F.col("source_uri").alias("uri"), "version", "status", "error")
-        if rows <= _MANIFEST_CHUNK_ROWS:  # small enough for one Arrow collect
-            manifest.record(self.run_id, done.toPandas())
-            return
-        for chunk in _chunks(done.toLocalIterator(), _MANIFEST_CHUNK_ROWS):
-            manifest.record(self.run_id, pd.DataFrame(chunk, columns=["uri", "version", "status", "error"]))
+        spark.sparkContext.setJobDescription(f"classeg score {self.run_id}: manifest")
+        try:
+            manifest.record_frame(self.run_id, done, rows=recordable)
+        finally:
+            spark.sparkContext.setJobDescription(None)
 
     def _write_failed(self, summary: dict) -> str:
         from classeg.artifact import write_bytes
@@ -372,17 +494,6 @@ def _spark_totals(written) -> dict:
                .count().orderBy(F.col("count").desc()).limit(_SKIP_REASONS_SHOWN).collect())
     totals["skipped_by_reason"] = {str(row[0]): int(row[1]) for row in sorted(reasons)}
     return {key: (value or 0) if key != "skipped_by_reason" else value for key, value in totals.items()}
-
-
-def _chunks(rows: Iterator, size: int) -> Iterator[list]:
-    chunk = []
-    for row in rows:
-        chunk.append(tuple(row))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def run_score(spark, cfg: Config) -> dict:
