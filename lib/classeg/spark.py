@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 
 from classeg.config import Config
+from classeg.io.s3 import S3Settings, spark_s3_conf
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,30 @@ def _submitted() -> bool:
     return "SPARK_SUBMIT" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT") is not None
 
 
+def session_settings(cfg: Config) -> dict[str, str]:
+    """The Spark settings :func:`get_spark` adds to a new session: Arrow, worker reuse, shuffle partitions,
+    Parquet codec, console progress, the S3 encryption of ``cfg.s3`` for Spark's own writes, then
+    ``spark.extra`` verbatim (it wins)."""
+    spark_cfg = cfg.spark
+    settings = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark_cfg.arrow_batch_size),
+        "spark.python.worker.reuse": str(bool(spark_cfg.python_worker_reuse)).lower(),
+        "spark.sql.shuffle.partitions": str(spark_cfg.shuffle_partitions),
+        "spark.sql.parquet.compression.codec": "snappy",
+        # Cached frames here are mostly PNG bytes: compressing them again costs CPU and saves nothing.
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
+        # Progress bars only on a terminal: in spark-submit logs and notebooks they are noise.
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty() and not os.environ.get("CI")).lower(),
+        # A failed write must not leave a table that looks complete: Spark's committer writes _SUCCESS last.
+        "spark.sql.sources.partitionOverwriteMode": "static",
+    }
+    # Spark's own S3 writes encrypted as classeg's are (s3.sse, s3.kms_key_id); spark.extra still wins.
+    settings.update(spark_s3_conf(S3Settings.of(cfg)))
+    settings.update({str(k): str(v) for k, v in (spark_cfg.extra or {}).items()})
+    return settings
+
+
 def get_spark(cfg: Config, *, app_name: str | None = None):
     """Return the active SparkSession, creating it from ``cfg.spark`` if there is none.
 
@@ -92,21 +117,7 @@ def get_spark(cfg: Config, *, app_name: str | None = None):
         builder = builder.config("spark.driver.memory", os.environ.get("CLASSEG_DRIVER_MEMORY", "4g"))
         if spark_cfg.local_java_options:  # C1-only JIT by default: see conf/local.yaml
             builder = builder.config("spark.driver.extraJavaOptions", spark_cfg.local_java_options)
-    settings = {
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark_cfg.arrow_batch_size),
-        "spark.python.worker.reuse": str(bool(spark_cfg.python_worker_reuse)).lower(),
-        "spark.sql.shuffle.partitions": str(spark_cfg.shuffle_partitions),
-        "spark.sql.parquet.compression.codec": "snappy",
-        # Cached frames here are mostly PNG bytes: compressing them again costs CPU and saves nothing.
-        "spark.sql.inMemoryColumnarStorage.compressed": "false",
-        # Progress bars only on a terminal: in spark-submit logs and notebooks they are noise.
-        "spark.ui.showConsoleProgress": str(sys.stderr.isatty() and not os.environ.get("CI")).lower(),
-        # A failed write must not leave a table that looks complete: Spark's committer writes _SUCCESS last.
-        "spark.sql.sources.partitionOverwriteMode": "static",
-    }
-    settings.update({str(k): str(v) for k, v in (spark_cfg.extra or {}).items()})
-    for key, value in settings.items():
+    for key, value in session_settings(cfg).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("CLASSEG_SPARK_LOG_LEVEL", "WARN"))

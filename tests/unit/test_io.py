@@ -232,3 +232,17 @@ def test_access_denied_names_the_expected_owner():
     assert plain == "cannot use s3://b/k: access denied (AccessDenied); check the credentials and the bucket policy"
     assert hinted == plain + (f"; or the bucket is not owned by account {OWNER} (s3.expected_bucket_owner), "
                               "which S3 also answers with access denied")
+
+
+def test_spark_sessions_get_the_s3_encryption_and_extra_still_wins():
+    from classeg.config import load_config
+    from classeg.spark import session_settings
+
+    assert not any("encryption" in key.lower() for key in session_settings(load_config()))
+    kms = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    settings = session_settings(load_config(overrides=["s3.sse=aws:kms", f"s3.kms_key_id={kms}"]))
+    assert settings["spark.hadoop.fs.s3a.encryption.algorithm"] == "SSE-KMS"
+    assert settings["spark.hadoop.fs.s3.serverSideEncryption.kms.keyId"] == kms
+    overridden = session_settings(load_config(overrides=[
+        "s3.sse=AES256", "spark.extra.spark.hadoop.fs.s3a.encryption.algorithm=SSE-KMS"]))
+    assert overridden["spark.hadoop.fs.s3a.encryption.algorithm"] == "SSE-KMS"
