@@ -1,0 +1,103 @@
+"""benchmarks/gpu.py runs where there is no Spark: a --quick CPU run with pyspark and petastorm blocked reports
+every measurement; without CUDA it skips; a missing boto3 (as on the GPU machine) is reported, not fatal."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = "benchmarks/gpu.py"
+NO_SPARK = ("pyspark", "petastorm")
+CEILINGS = ("resnet18_forward", "resnet18_train_step", "resnet50_forward", "resnet50_train_step",
+            "resunet_forward", "resunet_train_step")
+
+
+def _run(*argv: str, blocked=NO_SPARK, timeout: int = 80) -> subprocess.CompletedProcess:
+    """The script as the GPU machine would run it: these modules made unimportable first."""
+    wrapper = (f"import sys, runpy\nfor name in {list(blocked)!r}: sys.modules[name] = None\n"
+               f"runpy.run_path({SCRIPT!r}, run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", wrapper, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_quick_cpu_run_reports_every_measurement(tmp_path):
+    out = tmp_path / "gpu.json"
+    run = _run("--quick", "--device", "cpu", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert json.loads(out.read_text()) == result
+    assert "skipped" not in result
+    assert (result["torch"], result["device"], result["device_type"]) == (torch.__version__, "cpu", "cpu")
+    assert result["capability"] is None and result["bf16"] is None
+    assert result["parts"] == ["ceilings", "predictor", "train_epoch"]
+    assert result["torch_threads"] == 1  # --quick
+
+    ceilings = result["ceilings"]
+    assert sorted(ceilings) == sorted(CEILINGS)
+    for name, part in ceilings.items():
+        assert part["images_per_sec"] > 0 and part["seconds"] > 0, name
+        assert part["iterations"] >= 2, name
+        expected_batch = 2 if name.startswith("resunet") else 4  # the --quick sizes
+        assert (part["batch"], part["image_size"]) == (expected_batch, 64), name
+        assert part["images_per_sec"] == pytest.approx(part["batch"] * part["iterations"] / part["seconds"])
+    assert ceilings["resunet_forward"]["base_filters"] == 16  # train.base_filters of the default config
+
+    predictor = result["predictor"]
+    assert (predictor["scans"], predictor["scans_requested"], predictor["stopped_early"]) == (24, 24, False)
+    assert predictor["images_per_sec"] == pytest.approx(24 / predictor["seconds"])
+    # tumor_threshold is the median of 8 distinct scans cycled 3 times: half of them, 12, are segmented
+    assert predictor["segmented"] == 12 and predictor["segmented_fraction"] == 0.5
+    assert 0 < predictor["tumor_threshold"] < 1
+    assert 0 < predictor["prepare_seconds"] + predictor["predict_seconds"] <= predictor["seconds"]
+    assert predictor["autocast_dtype"] == "float32"  # the predictor's own choice on CPU
+
+    epoch = result["train_epoch"]
+    assert epoch["images_per_sec"] > 0 and epoch["loss_finite"] is True
+    assert (epoch["batch"], epoch["image_size"]) == (4, 64)
+
+    ratios = result["ratios"]
+    assert ratios["predictor_to_resnet18_forward"] == pytest.approx(
+        predictor["images_per_sec"] / ceilings["resnet18_forward"]["images_per_sec"])
+    assert ratios["train_epoch_to_resnet18_train_step"] == pytest.approx(
+        epoch["images_per_sec"] / ceilings["resnet18_train_step"]["images_per_sec"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("argv", [(), ("--device", "cuda")])
+def test_without_cuda_it_prints_skipped_and_exits_0(argv, tmp_path):
+    out = tmp_path / "skipped.json"
+    run = _run(*argv, "--out", str(out), timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["skipped"] == "no CUDA device" and result["cuda_available"] is False
+    assert "ceilings" not in result and "predictor" not in result
+    assert json.loads(out.read_text()) == result
+
+
+def test_a_missing_boto3_is_reported_and_the_run_goes_on():
+    run = _run("--quick", "--device", "cpu", "--parts", "predictor,train_epoch",
+               blocked=NO_SPARK + ("boto3", "botocore"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["ceilings"] == {}
+    for part in ("predictor", "train_epoch"):
+        assert result[part]["error"].startswith("ModuleNotFoundError"), result[part]
+        assert "boto" in result[part]["error"], result[part]
+    assert result["ratios"] == {"predictor_to_resnet18_forward": None, "train_epoch_to_resnet18_train_step": None}
+
+
+@pytest.mark.parametrize("argv, named", [
+    (("--scans", "0"), "'0'"),
+    (("--seconds", "-1"), "'-1'"),
+    (("--parts", "ceilings,loader"), "'ceilings,loader'"),
+    (("--device", "tpu"), "'tpu'"),
+])
+def test_bad_arguments_exit_2_naming_the_value(argv, named):
+    run = _run(*argv, timeout=60)
+    assert run.returncode == 2
+    assert named in run.stderr and not run.stdout
