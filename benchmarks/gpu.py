@@ -393,7 +393,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: CUDA if present, else print skipped; cpu: run on the CPU anyway")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and iterations, one torch thread (a CPU smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and iterations, one torch thread (a CPU smoke test)")
     parser.add_argument("--scans", type=positive_int, default=None,
                         help=f"predictor scans (default {Sizes.scans}, --quick {QUICK.scans})")
     parser.add_argument("--seconds", type=positive_float, default=None,
