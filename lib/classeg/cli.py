@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(p, "score")
     p.add_argument("--full", dest="cfg:score.full", action="store_const", const=True, default=None,
                    help="rescore everything, ignoring the manifest")
+    p.add_argument("--plan-only", dest="cfg:score.plan_only", action="store_const", const=True, default=None,
+                   help="list and plan only: write <output>/_plans/<run_id>.json (objects, new, changed, already "
+                        "scored, tasks) and score nothing")
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "score"))
 

@@ -67,3 +67,24 @@ def test_score_with_relative_paths_and_training_output_folders(spark, models, tm
     assert (rows["status"] == "ok").all() and rows["source_uri"].str.startswith((work / "archive").as_uri()).all()
     tumour = rows[rows["tumor"]]
     assert len(tumour) and tumour["mask"].notna().all()  # the segmenter ran in the tasks
+
+
+def test_plan_only_flag_plans_the_new_objects_and_scores_nothing(spark, models, tmp_path, capsys):
+    archive, output = tmp_path / "archive", tmp_path / "scores"
+    synthetic.write_archive(archive, seed=43, count=6, image_size=64, broken=False)
+    common = ["--archive", str(archive), "--classifier", models["classifier"], "--output", str(output),
+              "--set", "score.fetch_threads=2"]
+    assert main(["score", *common]) == 0
+    capsys.readouterr()
+    extra = synthetic.write_archive(tmp_path / "extra", seed=44, count=2, image_size=64, broken=False)
+    for entry in extra["slices"]:
+        target = archive / f"new_{Path(entry['path']).name}"
+        shutil.copyfile(tmp_path / "extra" / entry["path"], target)
+    runs_before = sorted((output / "_runs").glob("*.json"))
+    assert main(["score", *common, "--plan-only"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["plan_only"] is True
+    assert (plan["listed"], plan["new"], plan["changed"], plan["already_scored"]) == (8, 2, 0, 6)
+    assert plan["pending"] == 2 and plan["tasks"] >= 1
+    assert sorted((output / "_runs").glob("*.json")) == runs_before  # nothing scored or marked
+    assert json.loads((output / "_plans" / f"{plan['run_id']}.json").read_text())["new"] == 2
