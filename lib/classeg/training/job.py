@@ -272,7 +272,6 @@ def run_training(spark, cfg: Config) -> dict:
     check_engine(train.engine)
     if train.engine == "torch":
         torch_local_mode(spark, train.torch_mode)
-    check_slots(spark, engine=train.engine, num_proc=train.num_proc, torch_mode=train.torch_mode)
     scans, output = _uri(train.scans), _uri(train.output)
     frame, summary = read_scan_table(spark, scans, s3_cfg=s3_settings)
     class_names = list(summary.get("class_names") or [])
@@ -281,6 +280,8 @@ def run_training(spark, cfg: Config) -> dict:
     counts = split_counts(frame)
     tumor_only = task == "segment" and train.segment_slices == "tumor"
     rows = _check_splits(counts, task=task, tumor_only=tumor_only, scans=scans, num_proc=train.num_proc)
+    # Before any data is materialised: the cluster must run num_proc tasks at once.
+    check_slots(spark, engine=train.engine, num_proc=train.num_proc, torch_mode=train.torch_mode)
     weights = resolve_weights(train.weights, task=task, arch=train.arch, head=train.head,
                               base_filters=train.base_filters, class_names=class_names, s3_cfg=s3_settings)
     run_id = train.run_id or new_run_id()
