@@ -21,7 +21,7 @@ from classeg.config import load_config
 from classeg.decoded import ReadSettings
 from classeg.scoring import read_scores, run_score
 from classeg.scoring.series import SERIES_COLUMNS, read_series, series_frame
-from classeg.scoring.table import SCORES_SCHEMA_DDL
+from classeg.scoring.table import SCORE_COLUMNS, SCORES_SCHEMA_DDL
 from scoring_models import trained_models
 
 TEST_DIR = os.path.dirname(get_testdata_file("MR_small.dcm"))
@@ -201,7 +201,7 @@ def test_series_volume_from_known_areas_and_spacing(spark):
          "tumor_probability": 0.6, "pixel_spacing_mm": None},
         {**base, "source_uri": "file:/b/vol.nii", "series_uid": None, "frame": 1, "tumor": False},
     ]
-    frame = spark.createDataFrame([{name: row.get(name) for name in _ddl_names()} for row in rows], SCORES_SCHEMA_DDL)
+    frame = spark.createDataFrame([{name: row.get(name) for name in SCORE_COLUMNS} for row in rows], SCORES_SCHEMA_DDL)
     series = {row["series_key"]: row for row in (r.asDict() for r in series_frame(frame).collect())}
     dicom_series = series["1.2.3"]
     assert (dicom_series["objects"], dicom_series["slices_scored"], dicom_series["tumor_slices"]) == (3, 3, 2)
@@ -212,10 +212,6 @@ def test_series_volume_from_known_areas_and_spacing(spark):
     volume = series["file:/b/vol.nii"]
     assert volume["series_uid"] is None and volume["slices_scored"] == 2 and volume["tumor_volume_mm3"] is None
     assert (volume["tumor_first_slice"], volume["tumor_last_slice"]) == (0, 0)
-
-
-def _ddl_names() -> list[str]:
-    return [part.strip().split(" ")[0] for part in SCORES_SCHEMA_DDL.split(",")]
 
 
 def test_patient_identifiers_appear_in_no_output_or_log(spark, archive, models, tmp_path, caplog, capfd):

@@ -104,10 +104,12 @@ def read_score_masks(scores: Path, source_uris) -> dict[tuple[str, int | None], 
         frame = frame.sort_values("scored_at", kind="mergesort")
     if "frame" not in frame:
         frame["frame"] = None
-    return {(row.source_uri, _frame(row.frame)): row.mask for row in frame.itertuples() if row.mask is not None}
+    return {(row.source_uri, frame_index(row.frame)): row.mask for row in frame.itertuples()
+            if row.mask is not None}
 
 
-def _frame(value) -> int | None:
+def frame_index(value) -> int | None:
+    """A scores row's ``frame`` as the int or None the masks are keyed by (pandas reads nulls as NaN)."""
     return None if value is None or pd.isna(value) else int(value)
 
 

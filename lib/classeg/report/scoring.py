@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from classeg.plots import PREDICTED_RGB, TRUTH_RGB, overlay, rgb_png
-from classeg.report.loading import read_runs, read_score_masks, read_scores, read_truth
+from classeg.report.loading import frame_index, read_runs, read_score_masks, read_scores, read_truth
 from classeg.report.markup import esc, figure, fmt, missing, table
 from classeg.report.section import ReportContext, Section
 
@@ -40,7 +40,7 @@ def _archive_dice(scores_dir: Path, known: pd.DataFrame, truth: dict) -> dict[st
     result = {}
     for row in positives.itertuples():
         true_mask = decode_png(Path(truth[row.key]["mask_png"]).read_bytes()) != 0
-        data = masks.get((row.source_uri, _frame(row.frame)))
+        data = masks.get((row.source_uri, frame_index(row.frame)))
         predicted = decode_png(data) != 0 if data is not None else np.zeros_like(true_mask)
         if predicted.ndim == 3:
             predicted = predicted.any(axis=2)
@@ -62,7 +62,7 @@ def _gallery_tiles(ctx: ReportContext, chosen: pd.DataFrame, truth: dict, dice_b
     tiles = []
     for index, row in enumerate(chosen.itertuples()):
         key = getattr(row, "key", None) or row.source_uri.rsplit("/", 1)[-1]
-        frame = _frame(row.frame)
+        frame = frame_index(row.frame)
         try:
             images = decode_file(fetch(row.source_uri), key, ReadSettings(modalities=())).images
             image = next(image.pixels for image in images if image.frame == frame)
@@ -86,10 +86,6 @@ def _gallery_tiles(ctx: ReportContext, chosen: pd.DataFrame, truth: dict, dice_b
                 caption += f", Dice {fmt(dice_by_key[key])}"
         tiles.append(figure(name, f"scan {key} with predicted mask", caption))
     return tiles
-
-
-def _frame(value) -> int | None:
-    return None if value is None or pd.isna(value) else int(value)
 
 
 def _runs_table(runs: list[dict]) -> str:
