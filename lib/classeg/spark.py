@@ -4,18 +4,27 @@ Locally it builds ``local[*]`` (or ``spark.master`` from config); under ``spark-
 and resources chosen there win, and only settings the job needs are added. Never called at import time and
 never on an executor. The command-line entry points run inside :func:`stopping_started_session`, which stops
 the session a command started when it ends; library functions leave the caller's session alone.
+
+:func:`check_shared_folder` is what a job calls before heavy work when it is about to have executors write or
+read a local folder (ingest's output and staging, training's output and Petastorm cache): on a cluster whose
+executors may run on other hosts, a local path names a different disk on each node.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import socket
 import sys
+import time
+import uuid
 import warnings
 from collections.abc import Iterator
 
 from classeg.config import Config
+from classeg.errors import ConfigError
 from classeg.io.s3 import S3Settings, spark_s3_conf
+from classeg.io.uri import parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +163,79 @@ def stopping_started_session() -> Iterator[None]:
                 running.stop()
             except Exception as err:  # a JVM that already died cannot stop; the command's own outcome stands
                 log.warning("could not stop the SparkSession: %s", err)
+
+
+# ---------------------------------------------------------------------------------------------- shared folders
+#: What to use instead of a folder the executors do not share with the driver.
+SHARED_STORAGE_HINT = ("an s3:// URI, an hdfs:// URI (EMR has HDFS), or a folder every node mounts at one path "
+                       "(NFS, EFS)")
+#: The name of the file the driver writes for the executors to look for (a leading dot: listings skip it).
+TOKEN_PREFIX = ".classeg-shared-"
+
+
+def is_local_master(spark) -> bool:
+    """Whether the executors are threads of this driver process (``local``, ``local[N]``, ``local[*]``)."""
+    return spark.sparkContext.master.startswith("local")
+
+
+def probe_executors(spark, token: str, *, tasks: int | None = None) -> list[tuple[str, str, bool]]:
+    """A small Spark job of ``tasks`` tasks (default: one per task slot, ``defaultParallelism``), each
+    answering ``(host, executor working directory, whether the file token exists there)``. Each task holds its
+    slot for a moment so that the tasks spread over every executor instead of queueing on the first."""
+    context = spark.sparkContext
+    tasks = max(1, tasks or context.defaultParallelism)
+
+    def answer(_):
+        import os as os_
+        import socket as socket_
+        import time as time_
+
+        time_.sleep(0.5)  # hold the slot: the next task goes to another executor
+        yield socket_.gethostname(), os_.getcwd(), os_.path.exists(token)
+
+    with job_stage(spark, "shared-storage", f"check that every executor sees {os.path.dirname(token)}"):
+        return context.parallelize(range(tasks), tasks).mapPartitions(answer).collect()
+
+
+def unshared(answers: list[tuple[str, str, bool]]) -> list[str]:
+    """The executors (``host:working directory``) among `probe_executors`' answers that did not see the file."""
+    return sorted({f"{host}:{cwd}" for host, cwd, seen in answers if not seen})
+
+
+def check_shared_folder(spark, location: str, *, what: str, instead: str = "") -> None:
+    """Raise ConfigError at once unless every executor sees the local folder ``location`` as the driver does.
+
+    Applies on a cluster (a master that is not ``local[...]``) to a plain local path or ``file://`` URI; an
+    ``s3://``, ``hdfs://`` or other Hadoop URI names the same storage everywhere and is not checked. The
+    driver creates the folder, writes a token file in it, and :func:`probe_executors` runs one task per task
+    slot that looks for it. Executors that register later than the check are not covered. The message names
+    ``what`` (``"ingest.output"``), the folder, the executors that did not see it and what to use instead
+    (:data:`SHARED_STORAGE_HINT`, then ``instead``). A folder the check created is removed when it fails."""
+    ensure_driver("check_shared_folder")
+    try:
+        parsed = parse_uri(location)
+    except ValueError:  # hdfs:// and other Hadoop filesystems: shared storage by construction
+        return
+    if parsed.is_s3 or is_local_master(spark):
+        return
+    folder = parsed.path
+    created = not os.path.exists(folder)
+    os.makedirs(folder, exist_ok=True)
+    token = os.path.join(folder, f"{TOKEN_PREFIX}{uuid.uuid4().hex}")
+    with open(token, "w") as handle:
+        handle.write(f"written by the classeg driver on {socket.gethostname()} at {time.time():.0f}\n")
+    try:
+        missing = unshared(probe_executors(spark, token))
+    finally:
+        os.remove(token)
+    if not missing:
+        log.info("%s %s: every executor sees it", what, folder)
+        return
+    if created and not os.listdir(folder):
+        os.rmdir(folder)
+    log.warning("%s %s: the driver's token is missing for the executors at %s", what, folder, ", ".join(missing))
+    hosts = sorted({where.split(":", 1)[0] for where in missing})
+    raise ConfigError(
+        f"{what} {folder!r} is a local folder the executors do not share with the driver (the driver's test "
+        f"file is missing on {', '.join(hosts[:3])}{' and others' if len(hosts) > 3 else ''}): use "
+        f"{SHARED_STORAGE_HINT}{'; ' + instead if instead else ''}")

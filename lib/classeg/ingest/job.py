@@ -15,12 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from classeg import redact
 from classeg.config import Config
 from classeg.datasets.common import issue_rows
 from classeg.datasets.registry import get_layout
 from classeg.errors import JobFailed
 from classeg.ingest import storage
-from classeg.spark import job_stage
+from classeg.spark import check_shared_folder, job_stage
 from classeg.ingest.decode import decode_in_tasks, decode_with_spark, read_mode
 from classeg.ingest.listing import Listing, list_input, parse_listing, plan_files
 from classeg.ingest.resolve import resolve
@@ -90,7 +91,10 @@ def run_ingest(spark, cfg: Config) -> dict:
     if not job.input or not job.output:
         raise ValueError(f"ingest needs --input and --output (got input={job.input!r}, output={job.output!r})")
     get_layout(job.dataset)
+    redact.activate(redact.from_config(cfg))  # what the logs and the tasks' messages show of the file keys
     run = _Run(job=job, s3=S3Settings.of(cfg))
+    # The tasks write the staging files and the table under a local output: on a cluster, every node must see it.
+    check_shared_folder(spark, run.output, what="ingest.output")
     with job_stage(spark, "ingest-list", f"ingest {job.dataset}: list {job.input}"):
         listing = list_input(spark, job.input, read=job.read, s3_cfg=run.s3)
     log.info("ingest %s: %d files under %s", job.dataset, len(listing.paths), listing.root)

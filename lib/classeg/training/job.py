@@ -14,8 +14,15 @@ Layout under ``train.output``::
     runs/<run_id>/checkpoints/last.pt, best.pt     resumable state, best weights by the validation metric
     runs/<run_id>/model/                           THE model artifact of the run (+ metrics.json, figures)
     runs/<run_id>/result.json                      what the job returned
-    runs/<run_id>/cache/                           Petastorm cache while training (train.cache_dir overrides)
+    runs/<run_id>/cache/                           Petastorm cache while training, for a local output
     model/                                         a copy of the latest finished run's artifact
+
+Everything under ``train.output`` is written through classeg's storage layer (`classeg.io.files`), so an
+``s3://`` output works without a Hadoop S3 filesystem and gets the ``s3`` settings (endpoint, retries,
+encryption). The Petastorm cache is different: Spark writes it and every rank reads it back, so it must be a
+filesystem both reach without S3 support (`cache_location`: ``train.cache_dir``, else the rule there).
+On a cluster, local folders (the output, the cache) are checked to be shared by every executor before any data
+is materialised (`classeg.spark.check_shared_folder`).
 
 A run id defaults to a new timestamp-based id (logged); running again with the same ``--run-id`` resumes
 from ``last.pt``. A launch that fails (a training process killed, a node lost) is relaunched from ``last.pt``
@@ -23,9 +30,12 @@ up to ``train.max_restarts`` times within the same job.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
+import os
+import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -52,6 +62,66 @@ def new_run_id() -> str:
 def _uri(location: str) -> str:
     """Local paths (plain or ``file://``) as absolute paths; S3 URIs as given, without a trailing slash."""
     return location.rstrip("/") if is_s3(location) else parse_uri(location).path
+
+
+#: The Petastorm cache of a run with an s3:// output on a cluster: EMR's HDFS (on the core nodes' disks).
+CLUSTER_CACHE_ROOT = "hdfs:///tmp/classeg/cache"
+#: The rule of `cache_location`, as the messages and ``--cache``'s help state it.
+CACHE_RULE = ("train.cache_dir (--cache) empty: <output>/runs/<run_id>/cache for a local output; for an s3:// "
+              "output, a folder under spark.local.dir on a local[...] master and "
+              f"{CLUSTER_CACHE_ROOT}/<run_id> on a cluster")
+
+
+def cache_location(cache_dir: str | None, *, output: str, run_id: str, local_master: bool, local_dir: str) -> str:
+    """Where Spark materialises the Petastorm cache of run ``run_id``, as the URI Spark is given.
+
+    Spark's executors write the cache and every training rank reads it (Petastorm: pyarrow for ``file://``
+    and ``hdfs://``), so it is a filesystem both reach without S3 support: ``cache_dir`` when given (a local
+    path or ``file://`` URI on one machine or on storage every node mounts, ``hdfs://`` on EMR; ``s3://`` is a
+    ConfigError: Petastorm would need s3fs). Empty: ``<output>/runs/<run_id>/cache`` for a local ``output``;
+    for an ``s3://`` output, ``<local_dir>/classeg-cache/<run_id>`` on a ``local[...]`` master (the executors
+    are the driver; ``local_dir`` is Spark's first local dir) and ``hdfs:///tmp/classeg/cache/<run_id>`` on a
+    cluster (:data:`CACHE_RULE`)."""
+    from classeg.ingest.storage import spark_uri
+
+    if cache_dir:
+        if is_s3(cache_dir):
+            raise ConfigError(f"train.cache_dir={cache_dir!r}: the Petastorm cache cannot be on S3 (Spark writes it "
+                              "and every rank reads it back through pyarrow); use a local path or file:// URI on "
+                              "one machine or shared storage, or hdfs:// on EMR, or leave it empty ("
+                              f"{CACHE_RULE})")
+        return spark_uri(absolute(cache_dir))
+    if not is_s3(output):
+        return spark_uri(join(output, f"runs/{run_id}", "cache"))
+    if local_master:
+        return spark_uri(os.path.join(local_dir, "classeg-cache", run_id))
+    return f"{CLUSTER_CACHE_ROOT}/{run_id}"
+
+
+def spark_local_dir(spark) -> str:
+    """The first of Spark's local directories (``SPARK_LOCAL_DIRS``, else ``spark.local.dir``, else the temp dir)."""
+    conf = spark.sparkContext.getConf()
+    local_dirs = os.environ.get("SPARK_LOCAL_DIRS") or conf.get("spark.local.dir", tempfile.gettempdir())
+    return local_dirs.split(",")[0].strip()
+
+
+def _check_shared(spark, *, output: str, cache: str) -> None:
+    """On a cluster: the local folders the executors and ranks write (the output, the cache) must be shared."""
+    from classeg.spark import check_shared_folder
+
+    check_shared_folder(spark, output, what="train.output")
+    cache_path = cache[len("file://"):] if cache.startswith("file://") else None
+    if cache_path is not None and not cache_path.startswith(output.rstrip("/") + "/"):
+        check_shared_folder(spark, cache, what="train.cache_dir",
+                            instead=f"or no --cache (an s3:// output then caches in {CLUSTER_CACHE_ROOT}/<run_id>)")
+
+
+def _remove_if_empty(cache: str) -> None:
+    """The run's local cache folder once Petastorm has deleted the splits in it (a folder under spark.local.dir
+    would stay behind otherwise); other filesystems and a folder with anything left in it are left alone."""
+    if cache.startswith("file://"):
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            os.rmdir(cache[len("file://"):])
 
 
 def input_spec(task: str, *, image_size: int, channels: int) -> dict:
@@ -262,7 +332,7 @@ def run_training(spark, cfg: Config) -> dict:
     from petastorm.spark import SparkDatasetConverter
 
     from classeg.ingest.table import read_scan_table
-    from classeg.spark import ensure_driver
+    from classeg.spark import ensure_driver, is_local_master
 
     ensure_driver("run_training")
     started = time.time()
@@ -288,7 +358,10 @@ def run_training(spark, cfg: Config) -> dict:
     run_uri = join(output, f"runs/{run_id}")
     resume = _resumes(run_id, run_uri, task=task, class_names=class_names, s3_cfg=s3_settings)
 
-    cache = parse_uri(train.cache_dir or join(run_uri, "cache")).spark_uri
+    cache = cache_location(train.cache_dir, output=output, run_id=run_id, local_master=is_local_master(spark),
+                           local_dir=spark_local_dir(spark))
+    _check_shared(spark, output=output, cache=cache)
+    log.info("Petastorm cache of run %s: %s", run_id, cache)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache)
     spec = input_spec(task, image_size=train.image_size, channels=_channels(frame) if task == "segment" else 3)
     model = ModelSpec.from_train_config(config["train"], class_names=class_names, input_spec=spec, weights=weights,
@@ -300,7 +373,8 @@ def run_training(spark, cfg: Config) -> dict:
         for split in SPLITS:
             prepared[split] = prepare_split(spark, frame, split=split, task=task, rows=rows[split],
                                             tumor_only=tumor_only and split != "test", processes=train.num_proc,
-                                            seed=train.seed, with_mask=model.mask_supervised and split == "train")
+                                            seed=train.seed, input_spec=spec,
+                                            with_mask=model.mask_supervised and split == "train")
         plan = TrainPlan(
             model=model, recipe=Recipe.from_train_config(config["train"]),
             splits={split: data.shards for split, data in prepared.items()}, run_id=run_id, run_uri=run_uri,
@@ -313,7 +387,8 @@ def run_training(spark, cfg: Config) -> dict:
     finally:
         for split_data in prepared.values():
             split_data.delete()
-    result["driver_seconds"] = round(time.time() - started, 1)
+        _remove_if_empty(cache)
+    result["cache"], result["driver_seconds"] = cache, round(time.time() - started, 1)
     log.info("train %s: run %s finished in %.1fs; artifact %s (copy at %s)", task, run_id, result["driver_seconds"],
              result["artifact"], result.get("latest_artifact"))
     return result
