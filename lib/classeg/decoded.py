@@ -11,10 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["DecodeError", "READ_DEFAULT_MODALITIES", "REASONS", "ReadSettings", "ScanFile", "ScanImage", "Window"]
+__all__ = ["ALL_EXTENSIONS", "DecodeError", "IMAGE_EXTENSIONS", "READ_DEFAULT_MODALITIES", "REASONS", "ReadSettings",
+           "ScanFile", "ScanImage", "VOLUME_EXTENSIONS", "Window"]
 
 REASONS = ("empty", "unsupported", "undecodable", "truncated", "too_large", "bad_structure", "unreadable")
 READ_DEFAULT_MODALITIES = ("MR",)
+# File types classeg decodes, by extension (used when magic bytes are ambiguous; re-exported by classeg.imaging).
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+VOLUME_EXTENSIONS = (".dcm", ".dicom", ".nii", ".nii.gz")
+ALL_EXTENSIONS = IMAGE_EXTENSIONS + (".mat",) + VOLUME_EXTENSIONS
 
 
 class DecodeError(ValueError):

@@ -16,19 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from classeg.decoded import REASONS, DecodeError, ReadSettings, ScanFile, ScanImage
+from classeg.decoded import (ALL_EXTENSIONS, IMAGE_EXTENSIONS, REASONS, VOLUME_EXTENSIONS, DecodeError,
+                             ReadSettings, ScanFile, ScanImage)
 from classeg.dicom import read_dicom
 from classeg.volumes import is_nifti, read_nifti
 
 __all__ = ["ALL_EXTENSIONS", "DecodeError", "FigshareRecord", "IMAGE_EXTENSIONS", "REASONS", "ReadSettings",
            "ScanFile", "ScanImage", "canonical", "decode_file", "decode_pil", "decode_png", "decode_scan",
            "encode_png", "read_cvind", "read_figshare_mat", "resize_image", "resize_mask", "sniff_format",
-           "to_uint8"]
-
-# File types we can decode, by extension (used when magic bytes are ambiguous).
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-VOLUME_EXTENSIONS = (".dcm", ".dicom", ".nii", ".nii.gz")
-ALL_EXTENSIONS = IMAGE_EXTENSIONS + (".mat",) + VOLUME_EXTENSIONS
+           "to_uint8", "VOLUME_EXTENSIONS"]
 
 
 def sniff_format(data: bytes, name: str = "") -> str:
