@@ -139,8 +139,6 @@ class TrainSection(Section):
     cache_dir: str | None  # Petastorm cache (file or hdfs, never s3); null: classeg.training.job.cache_location's rule
     threads_per_proc: int
     augment: bool
-    loader_threads: int  # reader threads per process over the training cache
-    compile: bool  # torch.compile the training forward on CUDA
     torch_mode: str  # checked by classeg.training.engines (TORCH_MODES) where the torch engine starts
     eval_before_training: bool
     record_shards: bool
@@ -166,7 +164,6 @@ class ScoreSection(Section):
     partitions: int  # 0: ceil(pending / objects_per_task), at least one per core
     objects_per_task: int
     plan_only: bool  # list and plan (<output>/_plans/<run_id>.json), score and mark nothing
-    inventory: str  # S3 Inventory manifest.json or <dest-prefix>/<bucket>/<config-id>/; "": list the archive
     max_object_mb: int
     tumor_classes: list[str]
     run_date: str | None  # YYYY-MM-DD (a YAML date is kept as that string); null: today (UTC)
@@ -179,7 +176,6 @@ class ScoreSection(Section):
     channels_last: bool
     modalities: list[str]  # DICOM Modality values that are scored; []: all
     patient_key_secret: str | None  # secrets file or s3:// URI; null: $CLASSEG_PATIENT_KEY_SECRET
-    redact_keys_in_logs: bool  # logs and messages show key#<hash> for object keys (classeg.redact)
 
 
 @dataclass(frozen=True)

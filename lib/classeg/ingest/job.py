@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-from classeg import redact
 from classeg.config import Config
 from classeg.datasets.common import issue_rows
 from classeg.datasets.registry import get_layout
@@ -91,12 +90,11 @@ def run_ingest(spark, cfg: Config) -> dict:
     if not job.input or not job.output:
         raise ValueError(f"ingest needs --input and --output (got input={job.input!r}, output={job.output!r})")
     get_layout(job.dataset)
-    redact.activate(redact.from_config(cfg))  # what the logs and the tasks' messages show of the file keys
     run = _Run(job=job, s3=S3Settings.of(cfg))
-    # The tasks write the staging files and the table under a local output: on a cluster, every node must see it.
-    check_shared_folder(spark, run.output, what="ingest.output")
     with job_stage(spark, "ingest-list", f"ingest {job.dataset}: list {job.input}"):
         listing = list_input(spark, job.input, read=job.read, s3_cfg=run.s3)
+    # The tasks write the staging files and the table under a local output: on a cluster, every node must see it.
+    check_shared_folder(spark, run.output, what="ingest.output")
     log.info("ingest %s: %d files under %s", job.dataset, len(listing.paths), listing.root)
     parsed = parse_listing(pd.DataFrame({"path": listing.paths}), dataset=job.dataset, root=listing.root)
     to_decode, path_issues = plan_files(parsed)
