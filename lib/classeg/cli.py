@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from classeg import __version__
+from classeg import __version__, redact
 from classeg.config import CHOICES, load_config
 from classeg.errors import ConfigError, root_cause
 from classeg.spark import quiet_third_party_logs, stopping_started_session
@@ -127,6 +127,12 @@ def _config_flags(parser: argparse.ArgumentParser, command: str) -> None:
         _key(parser, flag, key, **keywords)
 
 
+def _redact_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redact-keys", dest="cfg:score.redact_keys_in_logs", action=argparse.BooleanOptionalAction,
+                        default=None, help="logs, progress and error messages show object keys as key#<hash> "
+                                           "(score.redact_keys_in_logs, default on; the tables keep the real URIs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classeg", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="convert a scan dataset to the Parquet scan table")
     _config_flags(p, "ingest")
+    _redact_flag(p)
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "ingest"))
 
@@ -178,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-only", dest="cfg:score.plan_only", action="store_const", const=True, default=None,
                    help="list and plan only: write <output>/_plans/<run_id>.json (objects, new, changed, already "
                         "scored, tasks) and score nothing")
+    _redact_flag(p)
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "score"))
 
@@ -218,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a config file that is missing, unreadable or wrong: a usage error
         log.debug("classeg %s: bad config", args.command, exc_info=err)
         parser.exit(2, f"classeg {args.command}: config error: {root_cause(err)}\n")
+    redact.activate(redact.from_config(cfg))
+    redact.install_log_filter()
     try:
         with stopping_started_session():
             result = args.run(args, cfg)
@@ -226,10 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as err:  # any failure ends the command: one line naming its cause, the trace at DEBUG
         log.debug("classeg %s failed", args.command, exc_info=err)
-        print(f"classeg {args.command}: error: {root_cause(err)}", file=sys.stderr)
+        print(f"classeg {args.command}: error: {redact.scrub(root_cause(err))}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
     if isinstance(result, dict):
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(redact.current().value(result), indent=2, default=str))
     return 0
 
 

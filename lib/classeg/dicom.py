@@ -25,7 +25,9 @@ Identity (:data:`IDENTITY_COLUMNS`): study/series/SOP instance UIDs, instance nu
 description, pixel spacing (mm, [row, column]), slice thickness (mm) and ``patient_key``, the HMAC-SHA256 of
 PatientID under a secret (:func:`patient_key`). Patient names, IDs and birth dates are never returned, logged
 or put in an error message: value validation (whose warnings quote values) is off while the header is read,
-and error texts have the file's patient values scrubbed.
+and error texts and ``series_description`` have the file's identifying values (names, IDs, dates, accession
+number, institution, physicians: :data:`_PHI_KEYWORDS`) replaced by ``<removed>``. Which other header values a
+row carries, and why, is in docs/emr.md ("Security review").
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import hmac
 import io
 import logging
 import os
+import re
 import threading
 from typing import Any
 
@@ -50,9 +53,21 @@ IDENTITY_COLUMNS = ("study_uid", "series_uid", "sop_uid", "instance_number", "mo
                     "pixel_spacing_mm", "slice_thickness_mm", "patient_key")
 PERCENTILES = (0.5, 99.5)
 PATIENT_KEY_ENV = "CLASSEG_PATIENT_KEY_SECRET"
-# Tags whose values identify the patient; scrubbed from every error text.
-_PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
-                 "PatientAddress", "PatientMotherBirthName")
+# Attributes of the PS3.15 Annex E Basic Profile (Table E.1-1) that hold text naming or pointing at the
+# patient, the visit or the people and places involved: their values are scrubbed from every error text and from
+# ``series_description`` (the one free-text attribute a row carries: the Clean Descriptors Option's cleaning).
+_PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs",
+                 "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName", "PatientAddress",
+                 "PatientTelephoneNumbers", "MedicalRecordLocator", "IssuerOfPatientID", "AccessionNumber", "StudyID",
+                 "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "InstitutionName",
+                 "InstitutionAddress", "InstitutionalDepartmentName", "ReferringPhysicianName",
+                 "PerformingPhysicianName", "NameOfPhysiciansReadingStudy", "OperatorsName", "RequestingPhysician",
+                 "PhysiciansOfRecord", "StationName", "DeviceSerialNumber", "StudyDescription")
+# Person names (PN) are also scrubbed word by word: a description may spell "DOE^JANE" as "Jane Doe".
+_PERSON_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+                    "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
+                    "OperatorsName", "RequestingPhysician", "PhysiciansOfRecord")
+_REMOVED = "<removed>"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # pydicom's value validation is a process-wide setting; the lock keeps the loader threads' save/restore of it
 # from interleaving (only the header read runs under it, not the pixel decoding).
@@ -167,18 +182,28 @@ def _identity(ds, settings: ReadSettings) -> dict:
     }
 
 
-def _phi_values(ds) -> list[str]:
-    values = []
+def _phi_values(ds) -> list[tuple[str, bool]]:
+    """The file's identifying values (:data:`_PHI_KEYWORDS`) as (text, whole words only), longest first: each
+    value whole, and the words of person names."""
+    values = set()
     for keyword in _PHI_KEYWORDS:
         value = ds.get(keyword)
         parts = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
-        values += [str(part).strip() for part in parts if part not in (None, "") and len(str(part).strip()) > 1]
-    return sorted(set(values), key=len, reverse=True)
+        texts = [str(part).strip() for part in parts if part not in (None, "")]
+        values |= {(text, False) for text in texts if len(text) > 1}
+        if keyword in _PERSON_KEYWORDS:
+            values |= {(word, True) for text in texts for word in re.split(r"[\s^=,]+", text) if len(word) > 1}
+    return sorted(values, key=lambda value: (-len(value[0]), value[1]))
 
 
-def _scrub(text: str, phi: list[str]) -> str:
-    for value in phi:
-        text = text.replace(value, "<removed>")
+def _scrub(text: str | None, phi: list[tuple[str, bool]]) -> str | None:
+    """``text`` with each identifying value of the file (case-insensitive; name words only as whole words)
+    replaced by ``<removed>``."""
+    if not text:
+        return text
+    for value, whole_word in phi:
+        pattern = rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])" if whole_word else re.escape(value)
+        text = re.sub(pattern, _REMOVED, text, flags=re.IGNORECASE)
     return text
 
 
@@ -215,6 +240,7 @@ def _header(data: bytes, name: str, settings: ReadSettings):
         ds = _read_dataset(data, name)
         phi = _phi_values(ds)
         identity = _identity(ds, settings)
+        identity["series_description"] = _scrub(identity["series_description"], phi)
         if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
             return ds, identity, f"no pixel data ({_sop_class_name(ds)})", phi
         modality = identity["modality"]

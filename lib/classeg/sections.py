@@ -176,6 +176,7 @@ class ScoreSection(Section):
     channels_last: bool
     modalities: list[str]  # DICOM Modality values that are scored; []: all
     patient_key_secret: str | None  # secrets file or s3:// URI; null: $CLASSEG_PATIENT_KEY_SECRET
+    redact_keys_in_logs: bool  # logs and messages show key#<hash> for object keys (classeg.redact)
 
 
 @dataclass(frozen=True)

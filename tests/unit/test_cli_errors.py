@@ -168,8 +168,9 @@ def _raise(error: BaseException):
 
 
 def test_cli_failure_before_spark_is_one_line(tmp_path, capsys):
-    code = cli.main(["score", "--archive", str(tmp_path), "--classifier", str(tmp_path / "missing"), "--output",
-                     str(tmp_path / "out")])
+    # The archive beside the models, not above them: a path below the archive would be a redacted key.
+    code = cli.main(["score", "--archive", str(tmp_path / "archive"), "--classifier", str(tmp_path / "missing"),
+                     "--output", str(tmp_path / "out")])
     assert code == 1
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("classeg score: error: ")

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pandas as pd
 
+from classeg import redact
 from classeg.datasets.common import SKIPPED
 from classeg.datasets.registry import get_layout
 from classeg.errors import FetchError
@@ -34,7 +35,8 @@ def decode_frame(files: pd.DataFrame, *, dataset: str, image_size: int, read=Non
     one per slice (``slice_uri`` ``<path>#<n>``, the layout's ``key`` and ``slice_index``) where the layout
     gives several. A file that fails to read or decode keeps its parsed fields and gets ``reason``/``detail``
     (DecodeError.reason, message) with ``severity`` 'error'; one with nothing to ingest gets the layout's
-    reason with ``severity`` 'skipped'."""
+    reason with ``severity`` 'skipped'. ``detail`` names the file by its :mod:`classeg.redact` label (the
+    ``path``/``relpath`` columns keep it)."""
     layout = get_layout(dataset)
     out = []
     for record in files.to_dict("records"):
@@ -45,16 +47,17 @@ def decode_frame(files: pd.DataFrame, *, dataset: str, image_size: int, read=Non
                 content = _read_or_raise(read, record["path"])
             decoded = layout.decode(record["relpath"], bytes(content or b""), image_size=image_size)
         except DecodeError as err:
-            out.append({**row, "reason": err.reason, "detail": str(err), "severity": "error"})
+            out.append({**row, "reason": err.reason, "severity": "error",
+                        "detail": redact.scrub(err, record["path"], record["relpath"])})
             continue
         if isinstance(decoded, dict) and decoded.get(SKIPPED) is not None:
             out.append({**row, "reason": decoded[SKIPPED], "severity": "skipped",
-                        "detail": f"{record['relpath']}: read, but holds nothing to ingest"})
+                        "detail": f"{redact.label(record['relpath'])}: read, but holds nothing to ingest"})
         elif isinstance(decoded, dict):
             out.append(_with_decoded(row, decoded))
         elif not decoded:  # a layout's bug, but the file must still be accounted for
-            out.append({**row, "reason": "bad_structure", "detail": f"{record['relpath']}: decoded to no images",
-                        "severity": "error"})
+            out.append({**row, "reason": "bad_structure", "severity": "error",
+                        "detail": f"{redact.label(record['relpath'])}: decoded to no images"})
         else:
             out += [_with_decoded({**row, "slice_uri": f"{record['path']}#{n}"}, part)
                     for n, part in enumerate(decoded)]
@@ -172,8 +175,9 @@ def chunk_plan(keys: pd.Series, count: int) -> list[list[int]]:
     return [chunk for chunk in chunks if chunk]
 
 
-def _map_partitions(function, **kwargs):
+def _map_partitions(function, redaction=None, **kwargs):
     def run(batches):
+        redact.activate(redaction)  # the driver's policy, in this task's Python worker
         for batch in batches:
             yield function(batch, **kwargs)
     return run
@@ -186,8 +190,8 @@ def decode_with_spark(spark, raw, to_decode: pd.DataFrame, *, dataset: str, imag
 
     wanted = spark.createDataFrame(to_decode, schema=ddl(PARSED_FIELDS))
     with_content = raw.select("path", "content").join(F.broadcast(wanted), "path")
-    decoded = with_content.mapInPandas(_map_partitions(decode_frame, dataset=dataset, image_size=image_size),
-                                       schema=ddl(DECODED_FIELDS))
+    decoded = with_content.mapInPandas(_map_partitions(decode_frame, redact.current(), dataset=dataset,
+                                                       image_size=image_size), schema=ddl(DECODED_FIELDS))
     return decoded.repartition(partitions) if partitions else decoded
 
 
@@ -206,8 +210,10 @@ def decode_in_tasks(spark, to_decode: pd.DataFrame, *, dataset: str, image_size:
 
     # S3 GETs wait on the network, not the CPU: a task reads them a batch ahead, in threads. Local reads do not.
     threads = fetch_threads if any(path_scheme(path) != "file" for path in to_decode["path"]) else 1
+    redaction = redact.current()
 
     def run(batches):
+        redact.activate(redaction)  # the driver's policy, in this task's Python worker
         with ReadAhead(source_reader(s3_cfg), threads=threads) as reader:
             for batch in batches:
                 for chunk in batch["id"]:

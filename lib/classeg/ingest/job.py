@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from classeg import redact
 from classeg.config import Config
 from classeg.datasets.common import issue_rows
 from classeg.datasets.registry import get_layout
@@ -90,6 +91,7 @@ def run_ingest(spark, cfg: Config) -> dict:
     if not job.input or not job.output:
         raise ValueError(f"ingest needs --input and --output (got input={job.input!r}, output={job.output!r})")
     get_layout(job.dataset)
+    redact.activate(redact.from_config(cfg))  # what the logs and the tasks' messages show of the file keys
     run = _Run(job=job, s3=S3Settings.of(cfg))
     with job_stage(spark, "ingest-list", f"ingest {job.dataset}: list {job.input}"):
         listing = list_input(spark, job.input, read=job.read, s3_cfg=run.s3)

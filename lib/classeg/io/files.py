@@ -21,6 +21,7 @@ from typing import Any
 
 import botocore.exceptions
 
+from classeg import redact
 from classeg.errors import ArchiveError, FetchError
 from classeg.io import s3 as s3io
 from classeg.io.uri import Location, parse_uri
@@ -143,7 +144,7 @@ def _fetch_error(location: Location, failed: s3io.AttemptsFailed, settings: s3io
     detail = f"{code}: {err}" if code and code not in str(err) else str(err)
     detail += s3io.owner_hint(err, settings)
     message = f"{failed.attempts} {plural}, last error {type(err).__name__}: {detail}"
-    logger.warning("fetching %s failed: %s", location.uri, message)
+    logger.warning("fetching %s failed: %s", redact.scrub(location.uri), redact.scrub(message))
     return FetchError("fetch_failed", message, uri=location.uri, attempts=failed.attempts)
 
 

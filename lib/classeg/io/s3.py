@@ -31,6 +31,7 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
+from classeg import redact
 from classeg.config import CHOICES, load_config
 from classeg.errors import ArchiveError
 from classeg.io.uri import Location, parse_uri
@@ -301,8 +302,9 @@ def with_retries(operation: Callable[[], _T], *, what: str, settings: S3Settings
             if not is_transient(err) or attempt == settings.max_attempts:
                 raise AttemptsFailed(attempt, err) from err
             delay = _backoff_delay(attempt, settings.backoff_seconds)
-            logger.info("%s: attempt %d/%d failed (%s: %s); retrying in %.2fs", what, attempt,
-                        settings.max_attempts, type(err).__name__, err, delay)
+            # redact.scrub: ``what`` names the object, and a task's log has no filter to hide its key
+            logger.info("%s: attempt %d/%d failed (%s: %s); retrying in %.2fs", redact.scrub(what), attempt,
+                        settings.max_attempts, type(err).__name__, redact.scrub(err), delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # the loop returns or raises
 

@@ -1,7 +1,9 @@
 """The errors section: every file that did not become a scan (ingest errors and skipped files) or a score
-(scoring error rows), grouped by stage, severity and reason, with a few examples each."""
+(scoring error rows), grouped by stage, severity and reason, with a few examples each (named by their :mod:`classeg.redact`
+labels)."""
 from __future__ import annotations
 
+from classeg import redact
 from classeg.report.loading import read_ingest, read_scores
 from classeg.report.markup import table
 from classeg.report.section import ReportContext, Section
@@ -13,7 +15,7 @@ def _ingest_rows(ctx: ReportContext) -> list[list]:
     for severity in ("error", "skipped"):
         subset = errors[errors["severity"] == severity] if len(errors) else errors
         for reason, group in subset.groupby("reason") if len(subset) else []:
-            examples = ", ".join(group["relpath"].astype(str).head(3))
+            examples = ", ".join(redact.label(relpath) for relpath in group["relpath"].astype(str).head(3))
             rows.append(["ingest", severity, reason, len(group), examples])
     return rows
 
@@ -28,7 +30,7 @@ def _scoring_rows(ctx: ReportContext) -> list[list]:
     rows = []
     kinds = failed["error"].map(lambda e: error_kind(e) or "unknown")
     for kind, group in failed.groupby(kinds):
-        examples = "; ".join(f"{k}: {str(e)[:90]}" for k, e in zip(group["key"].head(3), group["error"]))
+        examples = "; ".join(f"{redact.label(k)}: {str(e)[:90]}" for k, e in zip(group["key"].head(3), group["error"]))
         rows.append(["scoring", "error", kind, len(group), examples])
     return rows
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from classeg import redact
 from classeg.plots import PREDICTED_RGB, TRUTH_RGB, overlay, rgb_png
 from classeg.report.loading import frame_index, read_runs, read_score_masks, read_scores, read_truth
 from classeg.report.markup import esc, figure, fmt, missing, table
@@ -45,8 +46,8 @@ def _archive_dice(scores_dir: Path, known: pd.DataFrame, truth: dict) -> dict[st
         if predicted.ndim == 3:
             predicted = predicted.any(axis=2)
         if predicted.shape != true_mask.shape:
-            log.warning("report: %s: predicted mask %s vs true mask %s, skipped", row.key, predicted.shape,
-                        true_mask.shape)
+            log.warning("report: %s: predicted mask %s vs true mask %s, skipped", redact.label(row.key),
+                        predicted.shape, true_mask.shape)
             continue
         result[row.key] = float(dice_per_image(predicted, true_mask)[0])
     return result
@@ -67,24 +68,26 @@ def _gallery_tiles(ctx: ReportContext, chosen: pd.DataFrame, truth: dict, dice_b
             images = decode_file(fetch(row.source_uri), key, ReadSettings(modalities=())).images
             image = next(image.pixels for image in images if image.frame == frame)
         except (FetchError, DecodeError, StopIteration) as err:
-            log.warning("report: cannot show %s (frame %s): %s", row.source_uri, frame, type(err).__name__)
+            log.warning("report: cannot show %s (frame %s): %s", redact.label(row.source_uri), frame,
+                        type(err).__name__)
             continue
+        shown = redact.label(key)  # the gallery names a scan as the logs do
         if frame is not None:
-            key = f"{key} frame {frame}"
+            key, shown = f"{key} frame {frame}", f"{shown} frame {frame}"
         predicted = decode_png(masks[(row.source_uri, frame)]) if (row.source_uri, frame) in masks else None
         entry = truth.get(key)
         true_mask = None
         if entry and entry.get("mask_png"):
             true_mask = decode_png(Path(entry["mask_png"]).read_bytes())
         name = ctx.save(f"gallery/scan_{index:03d}.png", rgb_png(overlay(image, predicted, true_mask)))
-        caption = f"{key}: predicted {row.label_name} (tumour probability {fmt(row.tumor_probability)})"
+        caption = f"{shown}: predicted {row.label_name} (tumour probability {fmt(row.tumor_probability)})"
         if predicted is not None and pd.notna(row.mask_area_px):
             caption += f", mask {int(row.mask_area_px)} px"
         if entry:
             caption += f"; truth {entry.get('label_name')}"
             if key in dice_by_key:
                 caption += f", Dice {fmt(dice_by_key[key])}"
-        tiles.append(figure(name, f"scan {key} with predicted mask", caption))
+        tiles.append(figure(name, f"scan {shown} with predicted mask", caption))
     return tiles
 
 
@@ -109,7 +112,7 @@ def _series_table(scores_dir: Path) -> str:
     if series.empty:
         return ""
     series = series.sort_values(["tumor_slices", "max_tumor_probability"], ascending=False)
-    rows = [[row.series_uid or row.series_key.rsplit("/", 1)[-1], row.modality, row.series_description,
+    rows = [[row.series_uid or redact.label(row.series_key), row.modality, row.series_description,
              row.slices_scored, row.tumor_slices, fmt(row.max_tumor_probability), fmt(row.mean_tumor_probability),
              "" if pd.isna(row.tumor_first_slice) else f"{int(row.tumor_first_slice)}-{int(row.tumor_last_slice)}",
              fmt(row.tumor_volume_mm3), row.run_id] for row in series.head(_SERIES_SHOWN).itertuples()]

@@ -49,12 +49,13 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import pandas as pd
 
+from classeg import redact
 from classeg.archive import OBJECTS_SCHEMA_DDL, list_archive, objects_frame
 from classeg.artifact import resolve_artifact
 from classeg.config import Config
@@ -212,6 +213,7 @@ class ScoreJob:
     tumor_threshold_source: str = "score.tumor_threshold"
     objects_per_task: int = 2000
     plan_only: bool = False
+    redaction: redact.KeyRedaction = field(default_factory=redact.KeyRedaction)
 
     @classmethod
     def from_config(cls, cfg: Config, *, now: dt.datetime | None = None) -> "ScoreJob":
@@ -222,6 +224,8 @@ class ScoreJob:
 
         ensure_driver("ScoreJob.from_config")
         score = cfg.score
+        redaction = redact.from_config(cfg)
+        redact.activate(redaction)
         missing = [flag for flag, value in (("--archive", score.archive), ("--classifier", score.classifier),
                                             ("--output", score.output)) if not value]
         if missing:
@@ -262,7 +266,8 @@ class ScoreJob:
                   max_error_rate=float(score.max_error_rate), partitions=int(score.partitions),
                   arrow_batch_size=int(score.arrow_batch_size or cfg.spark.arrow_batch_size),
                   s3=cfg.s3.to_dict(), tumor_threshold_source=threshold_source,
-                  objects_per_task=int(score.objects_per_task), plan_only=bool(score.plan_only))
+                  objects_per_task=int(score.objects_per_task), plan_only=bool(score.plan_only),
+                  redaction=redaction)
         log.info("score: tumour threshold %.4f (%s)", threshold, threshold_source)
         tumour = [predictor.class_names[i] for i in predictor.tumor_indices]
         log.info("score: classifier %s (tumour classes %s) from %s, segmenter %s from %s; run %s (%s)",
@@ -301,6 +306,7 @@ class ScoreJob:
         from classeg.spark import ensure_driver
 
         ensure_driver("ScoreJob.run")
+        redact.activate(self.redaction)
         previous = self._configure(spark)
         try:
             return self._run(spark)
@@ -388,7 +394,8 @@ class ScoreJob:
 
         target = run_path(self.output, self.run_date, self.run_id)
         started = time.perf_counter()
-        scored = plan.frame.mapInPandas(partial(score_partition, settings=self.settings), schema=SCORES_SCHEMA_DDL)
+        scored = plan.frame.mapInPandas(partial(score_partition, settings=self.settings,
+                                                 redaction=self.redaction), schema=SCORES_SCHEMA_DDL)
         spark.sparkContext.setJobDescription(f"classeg score {self.run_id}: {plan.pending} objects")
         try:
             scored.write.mode("overwrite").parquet(target)

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classeg import imaging
+from classeg import imaging, redact
 from classeg.archive import OBJECT_COLUMNS
 from classeg.errors import FetchError
 from classeg.io.files import fetch
@@ -96,8 +96,9 @@ def _load_scan(uri: str, key: str, *, prepare, read_settings: ReadSettings, s3_c
     try:
         data = fetch(uri, s3_cfg=s3_cfg, max_bytes=max_bytes, client=client)
     except FetchError as err:
-        return _Loaded(error=str(err))
+        return _Loaded(error=redact.scrub(err, uri, key))
     name = key or uri
+    shown = redact.label(name)  # error texts name the object by its label (classeg.redact); the row has the URI
     try:
         decoded = imaging.decode_file(data, name, read_settings)
         loaded = _Loaded(identity=decoded.identity, skipped=decoded.skipped)
@@ -108,16 +109,16 @@ def _load_scan(uri: str, key: str, *, prepare, read_settings: ReadSettings, s3_c
             loaded.frames.append(image.frame)
             loaded.windows.append(image.window)
     except imaging.DecodeError as err:
-        return _Loaded(error=f"{err.reason}: {err}")
+        return _Loaded(error=f"{err.reason}: {redact.scrub(err, uri, key)}")
     except Image.DecompressionBombError as err:
-        return _Loaded(error=f"too_large: {name}: {err}")
+        return _Loaded(error=f"too_large: {shown}: {redact.scrub(err, uri, key)}")
     except ValueError as err:  # preprocessing refused the decoded array (shape, channels)
-        return _Loaded(error=f"bad_structure: {name}: {err}")
+        return _Loaded(error=f"bad_structure: {shown}: {redact.scrub(err, uri, key)}")
     except Exception as err:  # noqa: BLE001 - third-party decoders raise anything on hostile bytes; the file is
         # the problem, not the job: record it as data (with its type) and carry on, as STYLE.md asks. Only the
         # exception's type reaches the log: a decoder's message may quote header values.
-        log.warning("decoding %s failed with %s", uri, type(err).__name__)
-        return _Loaded(error=f"undecodable: {name}: {type(err).__name__}")
+        log.warning("decoding %s failed with %s", redact.label(uri), type(err).__name__)
+        return _Loaded(error=f"undecodable: {shown}: {type(err).__name__}")
     return loaded
 
 
@@ -300,11 +301,15 @@ def cached_predictor(settings: ScoreSettings, device: str) -> ClassSegPredictor:
     return predictor
 
 
-def score_partition(frames: Iterator[pd.DataFrame], settings: ScoreSettings) -> Iterator[pd.DataFrame]:
+def score_partition(frames: Iterator[pd.DataFrame], settings: ScoreSettings,
+                    redaction: redact.KeyRedaction | None = None) -> Iterator[pd.DataFrame]:
     """``mapInPandas`` function (bind ``settings`` with functools.partial): the task's objects in, scores rows
     (:data:`SCORES_SCHEMA_DDL`) out. Sets torch's threads to the task's CPUs (or ``settings.torch_threads``),
-    picks the task's device (:func:`select_device`) and reuses the process's cached models."""
+    picks the task's device (:func:`select_device`) and reuses the process's cached models. ``redaction``: the
+    driver's :mod:`classeg.redact` policy, made this worker's (None: keep the worker's)."""
     import torch
+
+    redact.activate(redaction)
 
     threads = task_threads(settings.torch_threads)
     if torch.get_num_threads() != threads:
