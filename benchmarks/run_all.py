@@ -237,27 +237,60 @@ def summarise_train_quality(result: dict) -> tuple[str, list[str]]:
 
 
 def summarise_plan_scale(result: dict) -> tuple[str, list[str]]:
-    """Per size: the plan's counts, seconds per step and the driver's peaks; the growth exponents."""
+    """Per listing source (inventory report, local tree) and size: the plan's counts, seconds per step and the
+    driver's peaks, the goal at 10^7; then the in-driver (memory) listing with the in-memory baseline; the growth
+    exponents."""
+    lines: list[str] = []
+    sources = result.get("sources") or {}
+    for source, runs in sources.items():
+        if not runs:
+            continue
+        lines += [f"**Listing from {'an S3 Inventory report (CSV, gzip)' if source == 'inventory' else 'a local tree'}**"
+                  " (listed in Spark tasks):", ""]
+        rows = [[run["objects"], run["listing_tasks"], run["already_scored"], run["changed"], run["new"],
+                 run["tasks"], run["discovery_seconds"], run["seconds"]["plan"], run["seconds"]["partition"],
+                 run["planning_seconds"], run["seconds"]["record"], run["driver_peak_rss_mib"]["python"],
+                 run["driver_peak_rss_mib"]["jvm"], run["driver_peak_rss_mib"]["total"],
+                 run.get("python_workers_peak_mib")] for run in runs]
+        lines += _table(["objects", "listing tasks", "already scored", "changed", "new", "tasks",
+                         "discovery s (driver)", "plan s", "partition s", "planning s", "record s",
+                         "Python peak MiB", "JVM peak MiB", "driver peak MiB", "worker peak MiB"], rows)
+        goal = (result.get("goal") or {}).get(source)
+        if goal:
+            lines += ["", f"Goal (10^7 objects planned in <= {goal['seconds_goal']} s, driver peak <= "
+                          f"{goal['rss_goal_mib']} MiB): {_fmt(goal['seconds'])} s, "
+                          f"{_fmt(goal['driver_peak_rss_mib'])} MiB: **{'met' if goal['met'] else 'not met'}**."]
+        lines.append("")
     runs = result["runs"]
-    rows = [[run["objects"], run["already_scored"], run["changed"], run["new"], run["tasks"],
-             run["seconds"]["plan"], run["seconds"]["partition"], run["seconds"]["record"], run["seconds"]["compact"],
-             f"{run['manifest_files_before']} -> {run['manifest_files_after']} -> {run['manifest_files_compacted']}",
-             run["driver_peak_rss_mib"]["python"], run["driver_peak_rss_mib"]["jvm"], run["listing_frame_mib"],
-             run["seconds"]["baseline_in_memory"], run["peaks_mib"]["baseline_in_memory"]["python"]]
-            for run in runs]
-    lines = _table(["objects", "already scored", "changed", "new", "tasks", "plan s", "partition s", "record s",
-                    "compact s", "manifest files (before, after record, compacted)", "Python peak MiB",
-                    "JVM peak MiB", "listing frame MiB", "in-memory baseline s", "baseline Python peak MiB"], rows)
+    if runs:
+        lines += ["**In-driver listing** (a pandas listing made up in the driver, as the job did before the listing "
+                  "moved into tasks) and the in-memory baseline:", ""]
+        rows = [[run["objects"], run["already_scored"], run["changed"], run["new"], run["tasks"],
+                 run["seconds"]["plan"], run["seconds"]["partition"], run["seconds"]["record"],
+                 run["seconds"]["compact"],
+                 f"{run['manifest_files_before']} -> {run['manifest_files_after']} -> {run['manifest_files_compacted']}",
+                 run["driver_peak_rss_mib"]["python"], run["driver_peak_rss_mib"]["jvm"], run["listing_frame_mib"],
+                 run["seconds"]["baseline_in_memory"], run["peaks_mib"]["baseline_in_memory"]["python"]]
+                for run in runs]
+        lines += _table(["objects", "already scored", "changed", "new", "tasks", "plan s", "partition s", "record s",
+                         "compact s", "manifest files (before, after record, compacted)", "Python peak MiB",
+                         "JVM peak MiB", "listing frame MiB", "in-memory baseline s", "baseline Python peak MiB"],
+                        rows)
     exponents = result.get("growth_exponent") or {}
     parts = [f"{name.replace('_', ' ')} " + ", ".join(f"{e['exponent']:.2f} ({e['from']:.0e}->{e['to']:.0e})"
                                                       for e in entries)
              for name, entries in exponents.items() if entries]
     if parts:
         lines += ["", "Growth exponents (1 = linear): " + "; ".join(parts) + "."]
-    largest = runs[-1]
+    headline_runs = sources.get(result.get("headline_source")) or runs
+    largest = headline_runs[-1]
     headline = (f"{largest['objects']:.0e} objects planned in **{_fmt(largest['planning_seconds'])} s** (listing to "
-                f"tasks), driver peak {_fmt(largest['driver_peak_rss_mib']['total'])} MiB (Python + JVM); "
-                f"recording its {largest['pending']:,} new rows {_fmt(largest['seconds']['record'])} s")
+                f"tasks, from {result.get('headline_source', 'memory')}), driver peak "
+                f"{_fmt(largest['driver_peak_rss_mib']['total'])} MiB (Python + JVM); recording its "
+                f"{largest['pending']:,} new rows {_fmt(largest['seconds']['record'])} s")
+    goal = (result.get("goal") or {}).get(result.get("headline_source"))
+    if goal:
+        headline += f" (goal 180 s and 2 GiB at 10^7: {'met' if goal['met'] else 'not met'})"
     return headline, lines
 
 
@@ -425,24 +458,32 @@ BENCHMARKS = [
         baseline="the in-memory manifest path every run used before (Manifest.load, then pending of the listing)",
         summarise=summarise_plan_scale, quick_args=("--quick",),
         method=(
-            "Made-up listings (`objects_frame`-shaped pandas frames of S3 URIs; no file is created, and the "
-            "listing itself is not timed) against a manifest 90% full: 90% of the objects recorded at their "
-            "listed version and 5% at an older one (changed since), in 16 files as earlier runs leave them. "
-            "On a started `local[2]` session after a small warm-up, per size: plan = "
-            "`classeg.scoring.job.plan_pending` with the changed count (what `score.plan_only` does: the "
-            "listing into Spark in explicit partitions, the left anti-join with the manifest on (uri, version), "
-            "its count, the changed objects' semi-join count, tasks at `score.objects_per_task` = 2000); "
-            "partition = the pending objects shuffled into those tasks (a `noop` write, no Python worker); "
-            "record = `Manifest.record_frame` of the run's rows read back from Parquet (new files only: the "
-            "file counts are in the table); compact = the manifest's files rewritten into a few. The seconds "
-            "headline is plan + partition. Peak RSS is VmHWM of the driver's Python process and of the Spark "
-            "JVM, reset before each step through /proc/<pid>/clear_refs; the JVM's hardly drops after a reset "
-            "because its heap, once grown, stays resident, so its column is an upper bound set by the GC's "
-            "heap growth as much as by the data. The listing frame's own size is shown: it is the job's input "
-            "(S3 listing on the driver), not the planning's. The baseline answers the same question in the "
-            "driver's memory: faster at these sizes (no Spark jobs), but its memory grows with the manifest "
-            "and it cannot be spread over a cluster. 10^7 objects only with `--with-1e7`. Not measured here: "
-            "listing S3 or an S3 Inventory, and a cluster.")),
+            "Per size N, a manifest 90% full: 90% of the objects recorded at their listed version and 5% at an "
+            "older one (changed since), in 16 Parquet files as earlier runs leave them (written with pyarrow, not "
+            "timed). Two listing sources, as `classeg score` lists (`classeg.scoring.listing.archive_listing`): "
+            "an S3 Inventory report of N objects in AWS's layout on local disk (CSV, gzip, one data file per "
+            "million objects, at least two; its manifest read on the driver, the data files parsed in Spark "
+            "tasks), and a local tree of N empty files (100 per folder; its parts found on the driver, listed in "
+            "tasks; up to `--local-max`, 10^6 by default: 10^7 files take minutes to make and 10^7 inodes). Both "
+            "are written by a separate process so that the driver's memory is the plan's own. On a started "
+            "`local[2]` session with `spark.driver.memory` 1g (in local mode the executors run inside the driver "
+            "JVM, so its peak includes the tasks' joins, sorts and cached blocks), per size: plan = "
+            "`archive_listing` + `classeg.scoring.job.plan_pending` with the changed count (what `score "
+            "--plan-only` does: the listing listed and cached, the left anti-join with the manifest on (uri, "
+            "version), its count, the changed objects' count, the tasks at `score.objects_per_task` = 2000); "
+            "partition = the pending objects shuffled into those tasks (a `noop` write); record = "
+            "`Manifest.record_frame` of the run's 0.1 N rows read back from Parquet (new files only). The "
+            "seconds headline is plan + partition. Peak RSS is VmHWM of the driver's Python process and of the "
+            "Spark JVM, reset before each step through /proc/<pid>/clear_refs where allowed; the JVM's hardly "
+            "drops after a reset because its heap, once grown, stays resident, so it is an upper bound set by "
+            "the heap's growth as much as by the data. The Python workers that parse the report are executors' "
+            "processes (on a cluster they are on the workers): their peak is shown apart. The in-driver rows "
+            "are the earlier measurement's method (a made-up pandas listing in the driver, then the same plan, "
+            "record and compaction) with the in-memory baseline (Manifest.load, then pending of the listing), "
+            "up to `--memory-max`. Projection to 10^8 on a cluster: listing and the anti-join are Spark tasks "
+            "and shuffles that spread over the executors; the driver keeps the report's manifest (one entry per "
+            "data file) and counts. Not measured here: listing S3 itself (tests/integration/test_listing.py "
+            "checks it on moto) and a real cluster.")),
 ]
 
 

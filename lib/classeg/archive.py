@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote_from_bytes
 
 import pandas as pd
 
@@ -154,7 +155,9 @@ def _local_root(location: Location) -> os.stat_result:
 
 
 def _local_info(path: str, key: str, file_stat: os.stat_result) -> ObjectInfo:
-    return ObjectInfo(uri=Path(path).as_uri(), key=key, size=file_stat.st_size, etag=None,
+    # Path(path).as_uri() spelled out: the same string for the absolute, normalised paths of a walk, without
+    # building a Path per file of a large tree.
+    return ObjectInfo(uri="file://" + quote_from_bytes(os.fsencode(path)), key=key, size=file_stat.st_size, etag=None,
                       mtime=file_stat.st_mtime, version=f"{file_stat.st_size}-{file_stat.st_mtime_ns}")
 
 

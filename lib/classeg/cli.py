@@ -185,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-only", dest="cfg:score.plan_only", action="store_const", const=True, default=None,
                    help="list and plan only: write <output>/_plans/<run_id>.json (objects, new, changed, already "
                         "scored, tasks) and score nothing")
+    p.add_argument("--inventory", dest="cfg:score.inventory", default=None, metavar="URI",
+                   help="list the s3:// archive from an S3 Inventory report: its manifest.json, or the inventory "
+                        "configuration's folder <dest-prefix>/<source-bucket>/<config-id>/ (the newest report); "
+                        "CSV, ORC or Parquet")
     _redact_flag(p)
     _common(p)
     p.set_defaults(run=_command("classeg.commands", "score"))

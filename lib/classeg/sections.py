@@ -164,6 +164,7 @@ class ScoreSection(Section):
     partitions: int  # 0: ceil(pending / objects_per_task), at least one per core
     objects_per_task: int
     plan_only: bool  # list and plan (<output>/_plans/<run_id>.json), score and mark nothing
+    inventory: str  # S3 Inventory manifest.json or <dest-prefix>/<bucket>/<config-id>/; "": list the archive
     max_object_mb: int
     tumor_classes: list[str]
     run_date: str | None  # YYYY-MM-DD (a YAML date is kept as that string); null: today (UTC)

@@ -20,7 +20,8 @@ from classeg.config import load_config
 from classeg import synthetic
 from classeg.labels import TumorClassError
 from classeg.scoring import read_scores, run_score
-from s3util import FaultProxy, put_objects
+from inventory_files import bucket_rows, local_put, write_report
+from s3util import FaultProxy, put_objects, test_s3_cfg
 from scoring_models import save_classifier, trained_models
 
 BROKEN_REASONS = {"corrupt.tif": "undecodable", "empty.png": "empty", "notes.txt": "unsupported",
@@ -129,6 +130,36 @@ def test_incremental_reruns_score_only_new_and_changed(spark, first_run, s3, s3_
     newest = read_scores(spark, str(output), latest=True).toPandas()
     assert len(newest) == 30 and newest["source_uri"].is_unique
     assert newest.set_index("key").at[changed_key, "run_id"] == third["run_id"]
+
+
+def test_inventory_report_is_the_listing_through_the_cli(spark, worker_env, s3, s3_archive, models, moto_endpoint,
+                                                        tmp_path, capsys):
+    """`score --inventory`: an S3 Inventory report of the bucket (AWS's layout, CSV, on local disk) is the listing.
+    The plan and the run cover exactly what the prefix listing covers, with the same versions, and a rerun with
+    the same report scores nothing."""
+    report = write_report(local_put(tmp_path / "reports"), bucket_rows(s3, "archive", all_versions=False),
+                          source_bucket="archive", destination_bucket="reports", file_format="CSV",
+                          all_versions=False, files=3)
+    output = tmp_path / "scores"
+    argv = ["score", "--archive", "s3://archive/scans/", "--inventory", str(tmp_path / "reports" / report),
+            "--classifier", models["classifier"], "--segmenter", models["segmenter"], "--output", str(output),
+            "--max-error-rate", "0.5", "--batch-size", "8", "--set", f"s3.endpoint_url={moto_endpoint}",
+            "--set", "s3.backoff_seconds=0.01"]
+    listed = objects_frame(list_archive("s3://archive/scans/", s3_cfg=test_s3_cfg(moto_endpoint)))
+    assert main(argv + ["--plan-only"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["listed"], plan["pending"], plan["already_scored"]) == (len(listed), len(listed), 0)
+    assert plan["listing"]["source"] == "inventory" and plan["listing"]["tasks"] == 3
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scored"] == len(listed) and summary["listing"]["source"] == "inventory"
+    rows = read_scores(spark, str(output)).toPandas()
+    per_object = rows.drop_duplicates("source_uri").set_index("source_uri")
+    assert sorted(per_object.index) == sorted(listed["uri"])
+    assert per_object.loc[listed["uri"], "version"].tolist() == listed["version"].tolist()
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["listed"], again["pending"], again["scored"]) == (len(listed), 0, 0)
 
 
 def test_transient_s3_faults_are_retried_and_a_failing_object_is_an_error_row(spark, worker_env, s3, s3_archive,

@@ -93,10 +93,10 @@ def run_ingest(spark, cfg: Config) -> dict:
     get_layout(job.dataset)
     redact.activate(redact.from_config(cfg))  # what the logs and the tasks' messages show of the file keys
     run = _Run(job=job, s3=S3Settings.of(cfg))
-    with job_stage(spark, "ingest-list", f"ingest {job.dataset}: list {job.input}"):
-        listing = list_input(spark, job.input, read=job.read, s3_cfg=run.s3)
     # The tasks write the staging files and the table under a local output: on a cluster, every node must see it.
     check_shared_folder(spark, run.output, what="ingest.output")
+    with job_stage(spark, "ingest-list", f"ingest {job.dataset}: list {job.input}"):
+        listing = list_input(spark, job.input, read=job.read, s3_cfg=run.s3)
     log.info("ingest %s: %d files under %s", job.dataset, len(listing.paths), listing.root)
     parsed = parse_listing(pd.DataFrame({"path": listing.paths}), dataset=job.dataset, root=listing.root)
     to_decode, path_issues = plan_files(parsed)

@@ -7,10 +7,12 @@ Order of work (:class:`ScoreJob`), planned on the driver:
    folder to its newest completed run's model: :func:`classeg.artifact.resolve_artifact`) and load both
    artifacts once (wrong or missing artifacts, a classifier whose classes have no tumour meaning: errors
    before any work);
-2. list the archive (:func:`classeg.archive.list_archive`; an unreadable archive fails here);
+2. prepare the listing (:func:`classeg.scoring.listing.archive_listing`: ``score.inventory``'s manifest read, or
+   the prefix's or folder's parts discovered, on the driver; an unreadable archive or report fails here): a
+   Spark DataFrame listed in tasks, never held by the driver;
 3. compact the manifest beside the output when it has more than ``MANIFEST_MAX_FILES`` files
-   (:meth:`~classeg.scoring.table.Manifest.compact`), then plan (:func:`plan_pending`): the listing becomes a
-   Spark DataFrame, the objects not scored yet are a left anti-join of it with the manifest on (uri, version)
+   (:meth:`~classeg.scoring.table.Manifest.compact`), then plan (:func:`plan_pending`): the listing is listed
+   and cached, the objects not scored yet are a left anti-join of it with the manifest on (uri, version)
    in Spark (``--full``: all of them), counted, and spread over ``ceil(pending / score.objects_per_task)``
    tasks (at least ``defaultParallelism`` when there are that many objects; ``score.partitions`` > 0 wins).
    With ``score.plan_only`` the run stops here: it writes the plan (listed, new, changed, already scored,
@@ -27,8 +29,8 @@ Order of work (:class:`ScoreJob`), planned on the driver:
    (:mod:`classeg.scoring.series`, ``<output>/series/run_date=D/run_id=R/``) and then mark the run complete
    (``<output>/_runs/<run_id>.json`` with the summary).
 
-Step 4 runs in Spark tasks, the joins and counts of 3, 5 and 6 as Spark jobs; the driver holds the listing
-and the counts, never the manifest.
+The listing of 2 and step 4 run in Spark tasks, the joins and counts of 3, 5 and 6 as Spark jobs; the driver
+holds counts, never the listing or the manifest.
 
 Table layout and readers
 ------------------------
@@ -56,7 +58,7 @@ from typing import Any
 import pandas as pd
 
 from classeg import redact
-from classeg.archive import OBJECTS_SCHEMA_DDL, list_archive, objects_frame
+from classeg.archive import OBJECTS_SCHEMA_DDL
 from classeg.artifact import resolve_artifact
 from classeg.config import Config
 from classeg.dicom import load_patient_key_secret
@@ -64,6 +66,7 @@ from classeg.errors import ERROR_KINDS
 from classeg.io import files
 from classeg.io.uri import absolute, parse_uri
 from classeg.io.s3 import S3Settings
+from classeg.scoring.listing import archive_listing, listing_errors
 from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings, tumor_threshold
 from classeg.scoring.table import (FAILED_RUNS_DIR, PLANS_DIR, SCORES_SCHEMA_DDL, Manifest, _check_run_id,
                                    mark_run_complete, run_path)
@@ -147,6 +150,7 @@ class ScorePlan:
     changed: int | None
     seconds: float
     cached: Any = None
+    listing: Any = None
 
     @property
     def new(self) -> int | None:
@@ -155,39 +159,51 @@ class ScorePlan:
         return self.listed - self.already_scored - self.changed
 
     def release(self) -> None:
-        """Drop the cached pending objects (the anti-join's result, kept between its count and the scoring)."""
-        if self.cached is not None:
-            self.cached.unpersist()
-            self.cached = None
+        """Drop the cached pending objects (the anti-join's result, kept between its count and the scoring) and
+        the cached listing."""
+        for frame in (self.cached, self.listing):
+            if frame is not None:
+                frame.unpersist()
+        self.cached = self.listing = None
 
 
-def plan_pending(spark, objects: pd.DataFrame, manifest: Manifest, *, full: bool = False,
-                 objects_per_task: int = 2000, partitions: int = 0, count_changed: bool = False) -> ScorePlan:
-    """Plan a run on the driver, its joins and counts in Spark: the listing ``objects`` into Spark
-    (:func:`listing_frame`), the objects not scored yet (:meth:`Manifest.pending_frame`, cached between its
-    count and the scoring; ``full``: every listed object, and the manifest is read only for
-    ``count_changed``), and their tasks (:func:`task_count`). ``count_changed`` also counts the changed
-    objects (one more join). A manifest file Spark cannot read is an ArchiveError naming it."""
+def plan_pending(spark, objects, manifest: Manifest, *, full: bool = False, objects_per_task: int = 2000,
+                 partitions: int = 0, count_changed: bool = False) -> ScorePlan:
+    """Plan a run on the driver, its listing, joins and counts in Spark. ``objects``: the listing, a Spark
+    DataFrame of :data:`~classeg.archive.OBJECTS_SCHEMA_DDL` (:func:`classeg.scoring.listing.archive_listing`'s,
+    listed in tasks; cached here for the plan, so it is listed once) or a pandas
+    :func:`~classeg.archive.objects_frame` (small listings and tests: :func:`listing_frame`). Then the objects not
+    scored yet (:meth:`Manifest.pending_frame`, cached between its count and the scoring; ``full``: every listed
+    object, and the manifest is read only for ``count_changed``) and their tasks (:func:`task_count`).
+    ``count_changed`` also counts the changed objects (one more join). A manifest file Spark cannot read, or a
+    listing task that fails, is an ArchiveError naming the file or the prefix."""
     from pyspark import StorageLevel
 
     started = time.perf_counter()
-    listing = listing_frame(spark, objects)
+    cached_listing = None
+    if isinstance(objects, pd.DataFrame):
+        listing, listed = listing_frame(spark, objects), len(objects)
+    else:
+        listing = cached_listing = objects.persist(StorageLevel.MEMORY_AND_DISK)
+        with listing_errors():
+            listed = listing.count()
     unscored, already_scored, changed = None, None, None
-    if len(objects) and (not full or count_changed):
+    if listed and (not full or count_changed):
         unscored = manifest.pending_frame(spark, listing).persist(StorageLevel.MEMORY_AND_DISK)
-        with manifest.reading():
-            already_scored = len(objects) - unscored.count()
+        with manifest.reading(), listing_errors():
+            already_scored = listed - unscored.count()
             changed = manifest.changed_frame(spark, unscored).count() if count_changed else None
-    elif not len(objects):
+    elif not listed:
         already_scored, changed = 0, 0
-    pending_frame, pending = (listing, len(objects)) if full else (unscored, len(objects) - (already_scored or 0))
+    pending_frame, pending = (listing, listed) if full else (unscored, listed - (already_scored or 0))
     if full and unscored is not None:
         unscored.unpersist()
         unscored = None
     tasks = task_count(spark, pending, objects_per_task=objects_per_task, partitions=partitions)
     frame = pending_frame.repartition(tasks) if pending else None
-    plan = ScorePlan(listed=len(objects), pending=pending, tasks=tasks, frame=frame, already_scored=already_scored,
-                     changed=changed, seconds=round(time.perf_counter() - started, 3), cached=unscored)
+    plan = ScorePlan(listed=listed, pending=pending, tasks=tasks, frame=frame, already_scored=already_scored,
+                     changed=changed, seconds=round(time.perf_counter() - started, 3), cached=unscored,
+                     listing=cached_listing)
     log.info("score plan: %d objects listed, %s already scored, %d to score (%s changed) in %d tasks, %.1f s",
              plan.listed, already_scored, pending, changed, tasks, plan.seconds)
     return plan
@@ -210,6 +226,7 @@ class ScoreJob:
     partitions: int
     arrow_batch_size: int
     s3: dict
+    inventory: str = ""  # score.inventory: an S3 Inventory manifest.json or configuration folder; "": list
     tumor_threshold_source: str = "score.tumor_threshold"
     objects_per_task: int = 2000
     plan_only: bool = False
@@ -242,6 +259,9 @@ class ScoreJob:
         if not isinstance(tumor_classes, list) or not all(isinstance(name, str) for name in tumor_classes):
             raise ValueError(f"score.tumor_classes must be a list of class names, got {tumor_classes!r}")
         parse_uri(score.archive), parse_uri(score.output)  # ValueError naming a bad URI
+        if score.inventory and not parse_uri(score.archive).is_s3:
+            raise ValueError(f"score.inventory lists an S3 bucket: the archive must be s3://..., got "
+                             f"{score.archive!r}")
         run_date, run_id = _run_date_and_id(score, now or dt.datetime.now(dt.timezone.utc))
         s3 = S3Settings.of(cfg)
         # The tasks get absolute artifact folders (their working directory is not the driver's), and a
@@ -265,7 +285,8 @@ class ScoreJob:
                   run_date=run_date, run_id_given=bool(score.run_id), full=bool(score.full),
                   max_error_rate=float(score.max_error_rate), partitions=int(score.partitions),
                   arrow_batch_size=int(score.arrow_batch_size or cfg.spark.arrow_batch_size),
-                  s3=cfg.s3.to_dict(), tumor_threshold_source=threshold_source,
+                  s3=cfg.s3.to_dict(), inventory=absolute(str(score.inventory)) if score.inventory else "",
+                  tumor_threshold_source=threshold_source,
                   objects_per_task=int(score.objects_per_task), plan_only=bool(score.plan_only),
                   redaction=redaction)
         log.info("score: tumour threshold %.4f (%s)", threshold, threshold_source)
@@ -315,31 +336,36 @@ class ScoreJob:
 
     def _run(self, spark) -> dict:
         started = time.perf_counter()
-        objects = objects_frame(list_archive(self.archive, s3_cfg=self.s3))
-        listed_seconds = round(time.perf_counter() - started, 3)
+        listing = archive_listing(spark, self.archive, s3_cfg=self.s3, inventory=self.inventory or None,
+                                  redaction=self.redaction)
+        listed_seconds = listing.seconds  # discovery on the driver; the tasks list inside the plan's count
+        log.info("score: listing %s from %s in %d tasks", redact.label(self.archive), listing.source, listing.tasks)
         manifest = Manifest.open(self.output, s3_cfg=self.s3)
         if self.run_id_given and self.run_id in manifest.completed_runs():
             raise ValueError(f"run {self.run_id!r} is already complete in {self.output}; choose a new score.run_id")
         # Before planning, so that no plan still reads the files it replaces; a plan-only run writes nothing.
         compacted = 0 if self.plan_only else manifest.compact(spark)
-        plan = plan_pending(spark, objects, manifest, full=self.full, objects_per_task=self.objects_per_task,
+        plan = plan_pending(spark, listing.frame, manifest, full=self.full, objects_per_task=self.objects_per_task,
                             partitions=self.partitions, count_changed=self.plan_only)
-        del objects  # in Spark now
         try:
             if self.plan_only:
-                return self._write_plan(plan, manifest, listed_seconds, started)
-            return self._score_and_record(spark, plan, manifest, compacted=compacted, started=started,
-                                          listed_seconds=listed_seconds)
+                summary = self._write_plan(plan, manifest, listed_seconds, started, listing.describe())
+            else:
+                summary = self._score_and_record(spark, plan, manifest, compacted=compacted, started=started,
+                                                 listed_seconds=listed_seconds, listing=listing.describe())
+            return summary
         finally:
             plan.release()
 
-    def _write_plan(self, plan: ScorePlan, manifest: Manifest, listed_seconds: float, started: float) -> dict:
+    def _write_plan(self, plan: ScorePlan, manifest: Manifest, listed_seconds: float, started: float,
+                    listing: dict) -> dict:
         summary = {"run_id": self.run_id, "run_date": self.run_date, "archive": self.archive, "output": self.output,
                    "plan_only": True, "full": self.full, "listed": plan.listed, "new": plan.new,
                    "changed": plan.changed, "already_scored": plan.already_scored, "pending": plan.pending,
                    "tasks": plan.tasks, "objects_per_task": self.objects_per_task,
                    "manifest_files": len(manifest.files), "listing_seconds": listed_seconds,
-                   "planning_seconds": plan.seconds, "seconds": round(time.perf_counter() - started, 3)}
+                   "planning_seconds": plan.seconds, "listing": listing,
+                   "seconds": round(time.perf_counter() - started, 3)}
         target = parse_uri(self.output).child(f"{PLANS_DIR}/{self.run_id}.json")
         summary["plan"] = target.uri
         files.write_bytes(target, json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"), s3_cfg=self.s3)
@@ -349,7 +375,7 @@ class ScoreJob:
         return summary
 
     def _score_and_record(self, spark, plan: ScorePlan, manifest: Manifest, *, compacted: int, started: float,
-                          listed_seconds: float) -> dict:
+                          listed_seconds: float, listing: dict) -> dict:
         from classeg.errors import JobFailed
 
         summary: dict[str, Any] = {
@@ -358,7 +384,8 @@ class ScoreJob:
             "listed": plan.listed, "pending": plan.pending, "already_scored": plan.listed - plan.pending,
             "scored": 0, "ok": 0, "errors": 0, "skipped": 0, "skipped_by_reason": {}, "errors_by_reason": {},
             "error_rate": 0.0, "rows": 0, "ok_rows": 0, "tumor": 0,
-            "rows_written": 0, "partitions": 0, "listing_seconds": listed_seconds, "planning_seconds": plan.seconds,
+            "rows_written": 0, "partitions": 0, "listing": listing, "listing_seconds": listed_seconds,
+            "planning_seconds": plan.seconds,
             "manifest_files_compacted": compacted, "scoring_seconds": 0.0, "images_per_s": 0.0, "seconds": 0.0,
             "tumor_threshold": self.settings.tumor_threshold, "tumor_threshold_source": self.tumor_threshold_source,
             "batch_size": self.settings.batch_size,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from classeg import redact
 from classeg.archive import OBJECTS_SCHEMA_DDL, ListingPart, list_part, listing_parts
 from classeg.errors import ArchiveError, python_failures
 from classeg.inventory import InventoryFile, inventory_objects, read_manifest
@@ -58,11 +59,13 @@ class ArchiveListing:
 
 
 def archive_listing(spark, archive: str, *, s3_cfg: Any = None, suffixes: Iterable[str] | None = None,
-                    inventory: str | None = None, max_parts: int | None = None) -> ArchiveListing:
+                    inventory: str | None = None, max_parts: int | None = None,
+                    redaction: Any = None) -> ArchiveListing:
     """The listing of ``archive`` as a Spark DataFrame built in tasks (see the module docstring). ``inventory``:
     an S3 Inventory ``manifest.json`` or its configuration's folder, for an ``s3://`` archive of the report's
     source bucket. ``max_parts``: listing parts of a prefix or folder (default 8 per core of
-    ``defaultParallelism``, at least 16). Driver only. Raises ArchiveError (unusable archive or report) or
+    ``defaultParallelism``, at least 16). ``redaction``: the :class:`classeg.redact.KeyRedaction` the listing tasks
+    name keys with in their logs and errors (None: the driver's current policy). Driver only. Raises ArchiveError (unusable archive or report) or
     ValueError (an inventory for a local archive)."""
     from classeg.spark import ensure_driver
 
@@ -88,17 +91,19 @@ def archive_listing(spark, archive: str, *, s3_cfg: Any = None, suffixes: Iterab
             _MIN_PARTS, _PARTS_PER_CORE * spark.sparkContext.defaultParallelism))
         task = partial(_parts_task, parts=tuple(parts), suffixes=wanted, settings=settings)
         tasks, source, used = len(parts), "s3" if location.is_s3 else "local", None
-    frame = _task_frame(spark, tasks, task)
+    frame = _task_frame(spark, tasks, task, redaction if redaction is not None else redact.current())
     return ArchiveListing(frame=frame, source=source, tasks=tasks, inventory=used,
                           seconds=round(time.perf_counter() - started, 3))
 
 
-def _task_frame(spark, tasks: int, task: Callable[[int], Iterator[Any]]):
-    """One Spark task per index in ``range(tasks)``, each yielding Arrow batches of the listing columns."""
+def _task_frame(spark, tasks: int, task: Callable[[int], Iterator[Any]], redaction: Any):
+    """One Spark task per index in ``range(tasks)``, each yielding Arrow batches of the listing columns, under the
+    ``redaction`` policy."""
     if tasks == 0:
         return spark.createDataFrame([], schema=OBJECTS_SCHEMA_DDL)
 
     def list_tasks(batches):
+        redact.activate(redaction)
         for batch in batches:
             for index in batch.column(0).to_pylist():
                 yield from task(index)
