@@ -202,7 +202,9 @@ def from_config(cfg: Any, *, extra_roots: Iterable[str] = ()) -> KeyRedaction:
 
 class RedactingFilter(logging.Filter):
     """A handler filter scrubbing (:meth:`KeyRedaction.text`) every record's message of paths below the
-    configured roots, whoever logged it: the net under the explicit labels of classeg's own log calls."""
+    configured roots, whoever logged it: the net under the explicit labels of classeg's own log calls. A record's
+    traceback (``exc_info``, as ``--log-level DEBUG`` logs a failure's) and stack are formatted here and scrubbed
+    the same way: exception messages and executor tracebacks carried in them name files too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         policy = _ACTIVE
@@ -211,6 +213,13 @@ class RedactingFilter(logging.Filter):
             scrubbed = policy.text(message)
             if scrubbed != message:
                 record.msg, record.args = scrubbed, None
+            if record.exc_info and not record.exc_text:
+                # Formatters use exc_text when it is set, so the handler prints this text, not a fresh one.
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = policy.text(record.exc_text)
+            if record.stack_info:
+                record.stack_info = policy.text(record.stack_info)
         return True
 
 

@@ -75,6 +75,36 @@ def test_activate_and_the_log_filter():
         logger.removeHandler(handler)
 
 
+def test_the_log_filter_scrubs_tracebacks():
+    """What ``--log-level DEBUG`` prints for a failure: the traceback, whose exception messages name files."""
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("classeg.test_redact_traceback")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    previous = redact.activate(KeyRedaction(roots=("/data/scans",)))
+    try:
+        redact.install_log_filter([handler])
+        try:
+            try:
+                open("/data/scans/DOE_JANE/MRN12345/a.dcm", "rb")
+            except OSError as err:
+                raise RuntimeError("task failed on /data/scans/DOE_JANE/MRN12345/a.dcm") from err
+        except RuntimeError as err:
+            logger.debug("classeg score failed", exc_info=err)
+        logger.debug("where", stack_info=True)
+    finally:
+        redact.activate(previous)
+        logger.removeHandler(handler)
+    printed = stream.getvalue()
+    assert "Traceback (most recent call last)" in printed and "FileNotFoundError" in printed
+    assert "DOE_JANE" not in printed and "MRN12345" not in printed
+    assert printed.count(f"/data/scans/key#{_h('DOE_JANE/MRN12345/a.dcm')}.dcm") >= 2  # messages and source lines
+
+
 def test_from_config_reads_the_key_and_the_roots(base_config):
     cfg = base_config.replace(score__archive="s3://b/a", ingest__input="/data/in", score__redact_keys_in_logs=False)
     policy = redact.from_config(cfg)
