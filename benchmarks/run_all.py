@@ -294,6 +294,31 @@ def summarise_plan_scale(result: dict) -> tuple[str, list[str]]:
     return headline, lines
 
 
+def summarise_loader(result: dict) -> tuple[str, list[str]]:
+    """One rank's loader from the decoded cache, per core, against the old per-image path; the batched
+    augmentation on the CPU against the old numpy augmentation."""
+    rows = [["loader (decoded cache, reader threads)", result["threads"], _fmt(result["images_per_sec"]),
+             _fmt(result["images_per_sec_per_core"]), _fmt(result["old_images_per_sec_per_core"]),
+             _fmt(result["loader_vs_old_per_core"])]]
+    if result.get("augment_images_per_sec_per_core"):
+        rows.append(["batched augmentation on the CPU (1 torch thread)", 1, _fmt(result.get("augment_images_per_sec")),
+                     _fmt(result["augment_images_per_sec_per_core"]),
+                     _fmt(result.get("old_augmented_images_per_sec_per_core")),
+                     _fmt(result.get("augment_vs_old_per_core"))])
+    lines = _table(["stage", "threads", "images/s", "images/s per core", "old path images/s per core", "ratio"], rows)
+    goals = result.get("goals") or {}
+    met = result["images_per_sec_per_core"] >= goals.get("images_per_sec_per_core", 2000)
+    headline = (f"loader **{_fmt(result['images_per_sec_per_core'])} images/s per core** at {result['image_size']} px "
+                f"(goal {_fmt(goals.get('images_per_sec_per_core', 2000))}: {'met' if met else 'not met'}), "
+                f"{_fmt(result['loader_vs_old_per_core'])}x the old decode path")
+    if result.get("augment_vs_old_per_core"):
+        aug_met = result["augment_vs_old_per_core"] >= goals.get("augment_vs_old_per_core", 4.0)
+        headline += (f"; batched CPU augmentation {_fmt(result['augment_vs_old_per_core'])}x the old numpy "
+                     f"augmentation (goal {_fmt(goals.get('augment_vs_old_per_core', 4.0))}x: "
+                     f"{'met' if aug_met else 'not met'})")
+    return headline, lines
+
+
 BENCHMARKS = [
     Benchmark(
         name="ingest", script="ingest.py", title="Ingest throughput (Spark job vs. a plain Python loop)",
@@ -367,6 +392,23 @@ BENCHMARKS = [
             "do not beat one 2-thread process on this machine. Rerun 2026-12-02 after the issue-13 moves and the "
             "mask-supervised classifier (whose loader also decodes masks): Horovod 0.60x, torch 0.76x, the "
             "single-process loop again at 72 images/s, so no step backwards from the moves.")),
+    Benchmark(
+        name="loader", script="loader.py", title="Training loader: the decoded cache and batched augmentation",
+        baseline="the per-image path every rank ran before the cache (`training.data.decode_example`: PNG decode, "
+                 "preprocess, numpy augmentation), in the same process",
+        summarise=summarise_loader, args=("--image-size", "224", "--augment"),
+        method=(
+            "1024 synthetic LGG-style 256 px 3-channel scans, PNG-encoded as the scan table stores them, turned "
+            "into cache rows by `classeg.training.cache.cache_row` (what the executors run in `prepare_split`: "
+            "decoded uint8 at the 224 px input size) and written as Parquet files of 128 rows. Loader: shuffled "
+            "passes of `classeg.training.cache.open_pass` (2 reader threads, batches of 64; the first pass "
+            "warms up) in one process; images/s over the wall clock, per core = images / CPU seconds of the "
+            "whole process over the same span. Augmentation: `classeg.training.augment.model_inputs` with "
+            "augmentation (flips and rotation as one affine grid_sample, intensity, normalisation) on the CPU "
+            "with torch on one thread, the fallback without a GPU; on a GPU it runs on the device "
+            "(`benchmarks/gpu.py`). Baseline: `decode_example` per image on one thread, with and without the "
+            "numpy augmentation, in the same process. Goals (issue 17): loader >= 2,000 images/s per core, "
+            "batched augmentation >= 4x the old augmented path per core.")),
     Benchmark(
         name="train_quality", script="train_quality.py", title="Training quality (synthetic data)",
         baseline="the training recipe before the 12.4 change (the `baseline` rows; mni on another seed's table)",

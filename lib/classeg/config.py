@@ -319,7 +319,7 @@ def _validate(data: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be between 0 and 1, got {value!r}")
     positive = ("ingest.image_size", "ingest.fetch_threads", "train.num_proc", "train.epochs", "train.batch_size",
                 "train.image_size", "train.grad_accum_steps", "train.threads_per_proc", "train.base_filters",
-                "score.batch_size", "score.max_object_mb")
+                "train.loader_threads", "score.batch_size", "score.max_object_mb")
     for key in positive:
         section, name = key.split(".")
         if data[section][name] < 1:

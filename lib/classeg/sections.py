@@ -139,6 +139,8 @@ class TrainSection(Section):
     cache_dir: str | None  # Petastorm cache (file or hdfs, never s3); null: classeg.training.job.cache_location's rule
     threads_per_proc: int
     augment: bool
+    loader_threads: int  # reader threads per process over the training cache
+    compile: bool  # torch.compile the training forward on CUDA
     torch_mode: str  # checked by classeg.training.engines (TORCH_MODES) where the torch engine starts
     eval_before_training: bool
     record_shards: bool

@@ -17,6 +17,7 @@ and rotation to image and mask and intensity jitter to the image only, drawing f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -313,38 +314,37 @@ def enhance(image: np.ndarray, *, steps: Sequence[str | tuple[str, Mapping[str, 
 # Augmentation
 
 
-def augment(
-    image: np.ndarray,
-    mask: np.ndarray | None = None,
-    *,
+@dataclass(frozen=True)
+class AugmentationDraw:
+    """One scan's augmentation parameters: whether to flip left-right / up-down, the rotation ``angle`` in
+    degrees (positive: counter-clockwise as displayed, rows down), the additive brightness ``offset`` and the
+    contrast ``factor`` about the image mean."""
+
+    flip_horizontal: bool
+    flip_vertical: bool
+    angle: float
+    offset: float
+    factor: float
+
+
+def draw_augmentation(
     rng: np.random.Generator,
+    *,
     flip_horizontal: float = 0.5,
     flip_vertical: float = 0.5,
     max_rotation: float = 10.0,
     brightness: float = 0.1,
     contrast: float = 0.1,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Random train-time augmentation, identical geometry for image and mask.
+) -> AugmentationDraw:
+    """Draw one scan's augmentation from ``rng``: exactly five uniform draws whatever the settings (so streams
+    stay aligned across settings). The one definition of the ranges, shared by `augment` (numpy, one image)
+    and `classeg.training.augment` (batched tensors on the training device).
 
-    Args:
-        image: (H, W) or (H, W, C), uint8 or float in [0, 1].
-        mask: optional (H, W) mask (any numeric/bool dtype), transformed with the same flips and rotation
-            (nearest-neighbour, so it stays binary).
-        rng: `numpy.random.Generator`; the same seed gives the same result. Exactly five draws are made
-            per call whatever the probabilities, so streams stay aligned across settings.
-        flip_horizontal, flip_vertical: probabilities of a left-right / up-down flip.
-        max_rotation: rotation angle drawn uniformly in [-max_rotation, max_rotation] degrees (about the
-            centre, image bilinear, zeros filled in).
-        brightness: additive offset drawn in [-brightness, brightness] (image only).
-        contrast: multiplicative factor drawn in [1 - contrast, 1 + contrast] about the image mean
-            (image only).
-
-    Returns:
-        (float32 image in [0, 1] with the input's shape, mask of the mask's dtype or None).
-    """
+    ``flip_horizontal``/``flip_vertical``: probabilities of each flip; the angle is uniform in
+    [-max_rotation, max_rotation] degrees, the offset in [-brightness, brightness], the factor in
+    [1 - contrast, 1 + contrast]."""
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    image = to_float(image)
     for name, value in (("flip_horizontal", flip_horizontal), ("flip_vertical", flip_vertical)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
@@ -352,28 +352,58 @@ def augment(
                                ("contrast", contrast, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= upper:
             raise ValueError(f"{name} must be in [0, {upper}], got {value!r}")
+    draws = rng.random(5)
+    return AugmentationDraw(flip_horizontal=bool(draws[0] < flip_horizontal),
+                            flip_vertical=bool(draws[1] < flip_vertical),
+                            angle=float((2 * draws[2] - 1) * max_rotation),
+                            offset=float((2 * draws[3] - 1) * brightness),
+                            factor=float(1 + (2 * draws[4] - 1) * contrast))
+
+
+def augment(
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    rng: np.random.Generator,
+    **ranges: float,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random train-time augmentation, identical geometry for image and mask.
+
+    Args:
+        image: (H, W) or (H, W, C), uint8 or float in [0, 1].
+        mask: optional (H, W) mask (any numeric/bool dtype), transformed with the same flips and rotation
+            (nearest-neighbour, so it stays binary).
+        rng: `numpy.random.Generator`; the same seed gives the same result (`draw_augmentation`).
+        ranges: `draw_augmentation`'s ``flip_horizontal``, ``flip_vertical`` (probabilities),
+            ``max_rotation`` (degrees; rotation about the centre, image bilinear, zeros filled in),
+            ``brightness`` (additive offset, image only) and ``contrast`` (multiplicative factor about the
+            image mean, image only).
+
+    Returns:
+        (float32 image in [0, 1] with the input's shape, mask of the mask's dtype or None).
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    image = to_float(image)
     if mask is not None:
         mask = _image(mask, "mask")
         if mask.shape[:2] != image.shape[:2] or mask.ndim != 2:
             raise ValueError(f"mask must be (H, W) matching image {image.shape[:2]}, got shape {mask.shape}")
-    draws = rng.random(5)
-    do_h, do_v = draws[0] < flip_horizontal, draws[1] < flip_vertical
-    angle = (2 * draws[2] - 1) * max_rotation
-    offset = (2 * draws[3] - 1) * brightness
-    factor = 1 + (2 * draws[4] - 1) * contrast
+    draw = draw_augmentation(rng, **ranges)
 
     def geometry(array: np.ndarray, order: int) -> np.ndarray:
-        if do_h:
+        if draw.flip_horizontal:
             array = array[:, ::-1]
-        if do_v:
+        if draw.flip_vertical:
             array = array[::-1, :]
-        if angle != 0:
-            array = ndimage.rotate(array, angle, axes=(1, 0), reshape=False, order=order, mode="constant",
+        if draw.angle != 0:
+            array = ndimage.rotate(array, draw.angle, axes=(1, 0), reshape=False, order=order, mode="constant",
                                    cval=0, prefilter=False)
         return np.ascontiguousarray(array)
 
     image = geometry(image, order=1)
     mean = image.mean()
+    factor, offset = draw.factor, draw.offset
     # written as a*x + b so that factor 1 and offset 0 leave the image bit-identical
     image = np.clip(image * factor + (offset + mean * (1 - factor)), 0.0, 1.0).astype(np.float32)
     if mask is not None:

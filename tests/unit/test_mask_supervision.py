@@ -6,7 +6,6 @@ import io
 import types
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,8 @@ from PIL import Image
 from classeg.losses import MaskSupervisedLoss
 from classeg.models import build_classifier, classifier_from_description, load_classifier_state, parameter_groups
 from classeg.training.collectives import LocalCollectives
-from classeg.training.data import make_transform_spec
+from classeg.training.cache import cache_row
+from classeg.training.cache import columns as cache_columns
 from classeg.training.job import lesion_class
 from classeg.training.loop import backbone_lr_scale, build_loss, build_model, train_step
 from classeg.training.optim import build_optimizer
@@ -141,19 +141,19 @@ def _png(array) -> bytes:
     return buffer.getvalue()
 
 
-def test_transform_spec_gives_a_classifier_labels_and_masks():
+def test_the_cache_gives_a_classifier_labels_and_masks():
     rng = np.random.default_rng(0)
     mask = np.zeros((48, 48), np.uint8)
     mask[10:20, 10:20] = 255
-    frame = pd.DataFrame({"scan_id": ["00000000000000aa", "00000000000000bb"],
-                          "image": [_png(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))] * 2,
-                          "label": np.array([1, 0], dtype=np.int32), "mask": [_png(mask), None]})
-    spec = make_transform_spec(task="classify", input_spec=SPEC, augment=False, seed=0, epoch=0, with_mask=True)
-    out = spec.func(frame)
-    assert [f[0] for f in spec.edit_fields] == ["image", "scan_key", "mask", "label"]
-    assert out["label"].tolist() == [1, 0]
-    assert out["mask"][0].shape == (1, 32, 32) and 0 < out["mask"][0].sum() < 32 * 32
-    assert out["mask"][1].sum() == 0  # a row without a mask: no tumour anywhere
+    image = _png(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    rows = [{"scan_id": "00000000000000aa", "image": image, "label": 1, "mask": _png(mask)},
+            {"scan_id": "00000000000000bb", "image": image, "label": 0, "mask": None}]
+    out = [cache_row(row, task="classify", input_spec=SPEC, with_mask=True) for row in rows]
+    assert cache_columns("classify", with_mask=True) == ["scan_id", "scan_key", "image", "mask", "label"]
+    assert [o[4] for o in out] == [1, 0]
+    first = np.frombuffer(out[0][3], np.uint8).reshape(32, 32)
+    assert set(np.unique(first)) == {0, 1} and first.sum() == 6 * 6  # rows 10-19 at 32/48, nearest: outputs 7-12 (1.5 i + 0.75 in 10..19)
+    assert np.frombuffer(out[1][3], np.uint8).sum() == 0  # a row without a mask: no tumour anywhere
 
 
 def _counts(masks: int) -> dict:

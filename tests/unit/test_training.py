@@ -9,7 +9,6 @@ import math
 import pickle
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -20,10 +19,12 @@ from classeg.io import files
 from classeg.training import checkpoints
 from classeg.training.checkpoints import TrainState, upgrade_metric_names
 from classeg.training.collectives import LocalCollectives, for_engine
+from classeg import transforms as T
+from classeg.training.cache import cache_row
+from classeg.training.cache import columns as cache_columns
 from classeg.training.data import (
     Shards,
     decode_example,
-    make_transform_spec,
     row_group_count,
     scan_id_from_key,
     scan_key,
@@ -229,19 +230,20 @@ def test_decode_example_augments_deterministically():
     assert abs(float(plain.mean())) < 1e-4  # z-scored
 
 
-def test_transform_spec_classify_frame():
+def test_cache_row_classify_holds_pixels_at_the_input_size():
     rng = np.random.default_rng(1)
-    frame = pd.DataFrame({"scan_id": ["00000000000000aa", "ffffffffffffff00"],
-                          "image": [_png(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)),
-                                    _png(rng.integers(0, 255, (48, 48), dtype=np.uint8))],
-                          "label": np.array([1, 0], dtype=np.int32)})
-    spec = make_transform_spec(task="classify", input_spec=SPEC, augment=False, seed=0, epoch=0)
-    out = spec.func(frame)
-    assert list(out.columns) == ["image", "scan_key", "label"]
-    assert out["image"][0].shape == (3, 32, 32) and out["image"][1].shape == (3, 32, 32)  # grayscale replicated
-    assert out["label"].tolist() == [1, 0] and out["label"].dtype == np.int64
-    assert [scan_id_from_key(k) for k in out["scan_key"]] == frame["scan_id"].tolist()
-    assert [f[0] for f in spec.edit_fields] == ["image", "scan_key", "label"]
+    color = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    gray = rng.integers(0, 255, (48, 48), dtype=np.uint8)
+    rows = [{"scan_id": "00000000000000aa", "image": _png(color), "label": 1},
+            {"scan_id": "ffffffffffffff00", "image": _png(gray), "label": 0}]
+    out = [cache_row(row, task="classify", input_spec=SPEC) for row in rows]
+    assert [len(values) for values in out] == [len(cache_columns("classify"))] * 2
+    assert cache_columns("classify") == ["scan_id", "scan_key", "image", "label"]
+    first = np.frombuffer(out[0][2], np.uint8).reshape(3, 32, 32)
+    np.testing.assert_array_equal(first, T.resize(color, size=32).transpose(2, 0, 1))
+    second = np.frombuffer(out[1][2], np.uint8).reshape(3, 32, 32)
+    assert (second[0] == second[1]).all() and (second[0] == second[2]).all()  # grayscale replicated
+    assert [o[3] for o in out] == [1, 0] and [scan_id_from_key(o[1]) for o in out] == [r["scan_id"] for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

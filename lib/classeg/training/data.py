@@ -10,15 +10,15 @@ DDP hang when one rank stops early). ``row_groups`` is a multiple of the number 
 by at most ``row_groups / processes`` rows. `prepare_split` returns a `SplitData`: the converter stays on the
 driver (it deletes the cache at the end), its `Shards` (file URLs and row counts) travel in the plan.
 
-Rank side (``open_loader``, ``epoch_batches``): one pass of Petastorm's batch reader over shard ``rank`` of
-``size`` of the converter's files (`classeg.training.shards`: a reader thread pool without petastorm's
-end-of-data race, and a check that each pass delivers the shard's exact row count), with a
-`TransformSpec` that decodes the PNG bytes, augments (train split only) and preprocesses exactly as scoring
-does (`classeg.transforms.preprocess_for_model`). Data order is a function of (seed, epoch) only: one reader
-thread, row-group order shuffled with a per-pass seed (`reader_seed`, never 0), a row shuffling buffer driven
-by numpy's global generator which the loop seeds per (seed, epoch, rank), and augmentation drawn from a
-generator seeded by (seed, epoch, scan_id). Scan ids travel as signed 64-bit integers (``scan_key``):
-PyTorch tensors hold no strings.
+The cache holds decoded pixels (`classeg.training.cache`): Spark executors decode each split once, at the
+model's input size (uint8 image (C, S, S), mask (S, S)), so ranks never decode PNG bytes per epoch.
+
+Rank side (``open_loader``, ``epoch_batches``): one pass over shard ``rank`` of ``size`` of the split's files
+(`classeg.training.cache.open_pass`: pyarrow reader threads, batches collated into pinned memory when CUDA is
+present, a check that each complete pass delivers the shard's exact row count). No Spark or Petastorm on this
+side. Augmentation and normalisation happen on the training device (`classeg.training.augment`). Data order
+is a function of (seed, epoch, pass) only (`reader_seed`); augmentation is drawn per (seed, epoch, scan_id).
+Scan ids travel as signed 64-bit integers (``scan_key``): PyTorch tensors hold no strings.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from classeg.training.cache import scan_key  # noqa: F401 (the scan id <-> key pair lives here too)
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -39,17 +41,11 @@ ROWS_PER_ROW_GROUP = 128
 MIN_ROW_GROUPS_PER_SHARD = 2
 #: Row groups are kept whole: the converter's row-group size limit is set far above any partition.
 ROW_GROUP_BYTES = 1 << 30
-#: The row-level shuffling buffer holds this many batches of decoded rows.
-SHUFFLE_BATCHES = 4
+#: Reader threads of a pass when the caller does not say (``train.loader_threads``).
+LOADER_THREADS = 2
 
 
 # ---------------------------------------------------------------------------------------------- scan ids
-def scan_key(scan_id: str) -> int:
-    """The 16-hex-digit scan id as a signed int64 (lossless; tensors carry no strings)."""
-    value = int(scan_id, 16)
-    return value - (1 << 64) if value >= (1 << 63) else value
-
-
 def scan_id_from_key(key: int) -> str:
     """Inverse of `scan_key`."""
     return format(int(key) & ((1 << 64) - 1), "016x")
@@ -58,14 +54,15 @@ def scan_id_from_key(key: int) -> str:
 # ---------------------------------------------------------------------------------------------- driver side
 @dataclass(frozen=True)
 class Shards:
-    """One materialised split as the ranks see it (picklable, no Spark objects): its Parquet files in
-    Petastorm's read order, its row count, row groups and the rows of each rank's shard."""
+    """One materialised split as the ranks see it (picklable, no Spark objects): its cache files in shard
+    order, its row count, row groups and the rows of each rank's shard."""
 
     split: str
     file_urls: tuple[str, ...]
     rows: int
     row_groups: int
     shard_rows: tuple[int, ...]
+    with_mask: bool = False  # the cache holds masks beside a classifier's labels (mask supervision)
 
     def steps(self, batch_size: int) -> int:
         """Batches every rank reads per epoch so that each rank sees at least its whole shard."""
@@ -137,36 +134,46 @@ def shard_rows(rows: int, row_groups: int, processes: int) -> list[int]:
     return [sum(group_sizes[g] for g in range(shard, row_groups, processes)) for shard in range(processes)]
 
 
-def deal_rows(spark, frame, *, row_groups: int, seed: int):
+def deal_rows(spark, frame, *, row_groups: int, seed: int, decode=None, schema=None):
     """``frame`` in exactly ``row_groups`` partitions: rows ordered by a seeded hash of scan_id, row ``i`` to
     partition ``i % row_groups``, each partition sorted by scan_id (a deterministic layout for a given table,
-    seed and partition count, so a resumed run reads what the first run read)."""
+    seed and partition count, so a resumed run reads what the first run read). ``decode`` (a picklable
+    function of one Row, run on the executors after the rows are dealt, so the shuffle moves PNG bytes, not
+    pixels) and ``schema`` (its output's) turn the rows into cache rows."""
     from pyspark.sql import functions as F
 
     ordered = frame.orderBy(F.xxhash64("scan_id", F.lit(seed)), "scan_id")
-    schema = frame.schema
     dealt = (ordered.rdd.zipWithIndex()
              .map(lambda pair: (pair[1] % row_groups, pair[0]))
              .partitionBy(row_groups, lambda key: key)
              .values())
-    return spark.createDataFrame(dealt, schema).sortWithinPartitions("scan_id")
+    if decode is not None:
+        dealt = dealt.map(decode)
+    return spark.createDataFrame(dealt, schema if decode is not None else frame.schema).sortWithinPartitions("scan_id")
 
 
 def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows: int, processes: int,
-                  seed: int, with_mask: bool = False) -> SplitData:
-    """Materialise one split for Petastorm (the cache location is Spark's
+                  seed: int, input_spec: dict, with_mask: bool = False) -> SplitData:
+    """Materialise one split as a training cache of decoded pixels at ``input_spec``'s size and channels
+    (`classeg.training.cache`), written by Petastorm's converter (the cache location is Spark's
     ``petastorm.spark.converter.parentCacheDirUrl``, set by the caller). Driver only."""
+    import functools
+
     from petastorm.spark import make_spark_converter
 
     from classeg.spark import job_stage
+    from classeg.training import cache
 
     row_groups = row_group_count(rows, processes)
-    stage = job_stage(spark, f"train-{task}-{split}", f"train {task}: materialise the {split} split ({rows} rows)")
+    stage = job_stage(spark, f"train-{task}-{split}",
+                      f"train {task}: decode and cache the {split} split ({rows} rows)")
+    decode = functools.partial(cache.cache_row, task=task, input_spec=dict(input_spec), with_mask=with_mask)
     dealt = deal_rows(spark, task_frame(frame, split=split, task=task, tumor_only=tumor_only, with_mask=with_mask),
-                      row_groups=row_groups, seed=seed)
+                      row_groups=row_groups, seed=seed, decode=decode,
+                      schema=cache.spark_schema(task, with_mask=with_mask))
     petastorm_log = logging.getLogger("petastorm.spark.spark_dataset_converter")
     level = petastorm_log.level
-    # Small files are deliberate here (one row group per file, known shard sizes); so is float32.
+    # Small files are deliberate here (one row group per file, known shard sizes).
     petastorm_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), stage:
@@ -174,14 +181,14 @@ def prepare_split(spark, frame, *, split: str, task: str, tumor_only: bool, rows
             converter = make_spark_converter(dealt, parquet_row_group_size_bytes=ROW_GROUP_BYTES)
     finally:
         petastorm_log.setLevel(level)
-    # Petastorm reads files in list order and shards row groups by index: fix the order (part-00000, ...).
+    # The ranks shard row groups by file index: fix the order (part-00000, ...).
     converter.file_urls = sorted(converter.file_urls)
     if len(converter) != rows or len(converter.file_urls) != row_groups:
-        raise RuntimeError(f"Petastorm cache of the {split} split has {len(converter)} rows in "
+        raise RuntimeError(f"the training cache of the {split} split has {len(converter)} rows in "
                            f"{len(converter.file_urls)} files, expected {rows} rows in {row_groups}")
     log.info("%s split: %d rows in %d row groups at %s", split, rows, row_groups, converter.cache_dir_url)
     shards = Shards(split=split, file_urls=tuple(converter.file_urls), rows=rows, row_groups=row_groups,
-                    shard_rows=tuple(shard_rows(rows, row_groups, processes)))
+                    shard_rows=tuple(shard_rows(rows, row_groups, processes)), with_mask=with_mask)
     return SplitData(converter=converter, shards=shards)
 
 
@@ -211,63 +218,29 @@ def decode_example(image_png: bytes, mask_png: bytes | None, *, task: str, input
     return features, target
 
 
-def make_transform_spec(*, task: str, input_spec: dict, augment: bool, seed: int, epoch: int,
-                        with_mask: bool = False):
-    """Petastorm `TransformSpec` over a row group (a pandas DataFrame of scan rows) producing ``image``
-    (float32 (C, S, S)), ``label`` (int64, classify), ``mask`` (float32 (1, S, S), segment, or classify
-    ``with_mask``) and ``scan_key`` (int64)."""
-    import pandas as pd
-    from petastorm import TransformSpec
-
-    size, channels = int(input_spec["size"]), int(input_spec["channels"])
-
-    def transform(rows: pd.DataFrame) -> pd.DataFrame:
-        images, masks = [], []
-        masks_in = rows["mask"] if task == "segment" or with_mask else [None] * len(rows)
-        for scan_id, image_png, mask_png in zip(rows["scan_id"], rows["image"], masks_in):
-            features, target = decode_example(image_png, mask_png, task=task, input_spec=input_spec,
-                                              augment=augment, seed=seed, epoch=epoch, scan_id=scan_id,
-                                              with_mask=with_mask)
-            images.append(features)
-            masks.append(target)
-        out = pd.DataFrame({"image": images, "scan_key": [scan_key(s) for s in rows["scan_id"]]})
-        if task == "segment" or with_mask:
-            out["mask"] = masks
-        if task == "classify":
-            out["label"] = rows["label"].astype("int64").to_numpy()
-        return out
-
-    fields = [("image", np.float32, (channels, size, size), False), ("scan_key", np.int64, (), False)]
-    if task == "segment" or with_mask:
-        fields.append(("mask", np.float32, (1, size, size), False))
-    if task == "classify":
-        fields.append(("label", np.int64, (), False))
-    return TransformSpec(transform, edit_fields=fields, selected_fields=[name for name, *_ in fields])
-
-
 def reader_seed(seed: int, epoch: int, pass_index: int) -> int:
-    """The Petastorm reader seed of one pass: a 32-bit value derived from (seed, epoch, pass), never 0
-    (petastorm takes 0 as "unseeded" and then shuffles from numpy's global generator in another thread)."""
+    """The shuffling seed of one pass: a 32-bit value derived from (seed, epoch, pass), never 0 (which
+    Petastorm's reader, `classeg.training.shards`, takes as "unseeded")."""
     return int(np.random.SeedSequence([seed, epoch, pass_index]).generate_state(1)[0]) or 1
 
 
 def open_loader(data: Shards, *, task: str, input_spec: dict, batch_size: int, rank: int, size: int,
-                seed: int, epoch: int, train: bool, augment: bool, pass_index: int = 0, with_mask: bool = False):
-    """Context manager yielding one pass over this rank's shard (`classeg.training.shards.ShardPass`: an
-    iterable of batches that raises if the pass ends short of the shard's rows).
+                seed: int, epoch: int, train: bool, pass_index: int = 0, threads: int = LOADER_THREADS,
+                pin: bool | None = None):
+    """Context manager yielding one pass over this rank's shard (`classeg.training.cache.CachePass`: an
+    iterable of uint8 batches that raises if the pass ends short of the shard's rows); masks where the
+    split's cache holds them (``data.with_mask``, or the segmenter's).
 
-    ``train=True``: row groups shuffled and a row shuffling buffer, both seeded by (seed, epoch, pass_index),
-    augmentation if ``augment``. ``train=False``: the shard in a fixed order. The last batch may be short."""
-    from classeg.training.shards import open_shard_pass
+    ``train=True``: row groups and rows shuffled, seeded by (seed, epoch, pass_index). ``train=False``: the
+    shard in a fixed order. The last batch may be short. Augmentation is the caller's, on the device
+    (`classeg.training.augment.model_inputs`)."""
+    from classeg.training.cache import open_pass
 
-    spec = make_transform_spec(task=task, input_spec=input_spec, augment=augment and train, seed=seed,
-                               epoch=epoch, with_mask=with_mask)
-    return open_shard_pass(
-        list(data.file_urls), rank=rank, size=size, expected_rows=data.shard_rows[rank],
-        what=f"rank {rank}'s shard of the {data.split} split", batch_size=batch_size,
-        shuffling_queue_capacity=min(SHUFFLE_BATCHES * batch_size, max(data.shard_rows)) if train else 0,
-        shuffle_row_groups=train, seed=reader_seed(seed, epoch if train else 0, pass_index if train else 0),
-        transform_spec=spec)
+    return open_pass(list(data.file_urls), rank=rank, size=size, expected_rows=data.shard_rows[rank],
+                     what=f"rank {rank}'s shard of the {data.split} split", task=task, input_spec=input_spec,
+                     batch_size=batch_size, threads=threads, shuffle=train,
+                     seed=reader_seed(seed, epoch if train else 0, pass_index if train else 0),
+                     with_mask=data.with_mask, pin=pin)
 
 
 def epoch_batches(data: Shards, *, steps: int, **loader_options):

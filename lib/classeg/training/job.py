@@ -373,7 +373,8 @@ def run_training(spark, cfg: Config) -> dict:
         for split in SPLITS:
             prepared[split] = prepare_split(spark, frame, split=split, task=task, rows=rows[split],
                                             tumor_only=tumor_only and split != "test", processes=train.num_proc,
-                                            seed=train.seed, with_mask=model.mask_supervised and split == "train")
+                                            seed=train.seed, input_spec=spec,
+                                            with_mask=model.mask_supervised and split == "train")
         plan = TrainPlan(
             model=model, recipe=Recipe.from_train_config(config["train"]),
             splits={split: data.shards for split, data in prepared.items()}, run_id=run_id, run_uri=run_uri,

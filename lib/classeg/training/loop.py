@@ -22,6 +22,7 @@ artifact, ``metrics.json``, figures and ``result.json``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -33,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from classeg.training import checkpoints
+from classeg.training import accel, checkpoints
+from classeg.training.accel import DeviceSettings
 from classeg.training.checkpoints import TrainState
 from classeg.training.collectives import Collectives, for_engine
 from classeg.training.optim import LRSchedule
@@ -41,8 +43,6 @@ from classeg.training.plan import ModelSpec, TrainPlan
 
 log = logging.getLogger("classeg.training")
 
-#: Progress lines per epoch on rank 0 (when there is no tqdm bar).
-PROGRESS_LINES = 10
 #: Segmentation overlays kept for the gallery figure.
 GALLERY_SIZE = 8
 
@@ -138,21 +138,24 @@ def _batch_to_device(batch: dict, task: str, device, channels_last: bool, *, wit
 
 
 def train_step(train_model, images, target, *, loss_fn, optimizer, scaler, coll: Collectives, use_amp: bool,
-               accum_steps: int, last_micro: bool) -> float:
+               accum_steps: int, last_micro: bool, amp_dtype=None) -> float:
     """One micro-batch: forward, backward (loss / accum_steps, gradients synchronised only on the group's last
-    micro-batch), and the optimizer step on the last one. Returns the micro-batch's mean loss."""
+    micro-batch), and the optimizer step on the last one. ``use_amp``: CUDA autocast to ``amp_dtype``
+    (default float16; `classeg.training.accel` picks bfloat16 where supported). Returns the micro-batch's mean
+    loss as a detached 0-dim tensor on the device: reading it (``float``) waits for the device, so the loop
+    reads it only when it reports."""
     import torch
 
     sync = contextlib.nullcontext() if last_micro else coll.no_sync(train_model)
     with sync, _batch_norm_for(train_model, images.shape[0]):
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type="cuda", dtype=amp_dtype or torch.float16, enabled=use_amp):
             output = train_model(images)
             loss = loss_fn(tuple(o.float() for o in output) if isinstance(output, tuple) else output.float(), target)
         scaler.scale(loss / accum_steps).backward()
     if last_micro:
         coll.optimizer_step(optimizer, scaler)
         optimizer.zero_grad()
-    return float(loss.detach())
+    return loss.detach()
 
 
 @contextlib.contextmanager
@@ -183,10 +186,12 @@ def make_meter(task: str, num_classes: int):
 
 def evaluate_batches(model, batches, *, task: str, loss_fn, device, meter, use_amp: bool = False,
                      channels_last: bool = False, keys: set | None = None, dice: list | None = None,
-                     samples: list | None = None, scores: list | None = None) -> None:
+                     samples: list | None = None, scores: list | None = None, prepare=None, amp_dtype=None) -> None:
     """Run ``model`` (a plain module, not the DDP wrapper: evaluation needs no collectives) over ``batches``
     and update ``meter``; optionally record scan keys, per-tumour-slice Dice and a few gallery samples
-    (segment), or per batch the labels (B,) and softmax probabilities (B, K) as numpy arrays (classify)."""
+    (segment), or per batch the labels (B,) and softmax probabilities (B, K) as numpy arrays (classify).
+    ``prepare(batch) -> (images, target)`` on the device: default, batches of float32 model input
+    (`classeg.training.evaluate`); the loop passes `classeg.training.augment.model_inputs` for cache batches."""
     import torch
 
     from classeg.metrics import dice_per_image
@@ -196,8 +201,9 @@ def evaluate_batches(model, batches, *, task: str, loss_fn, device, meter, use_a
     try:
         with torch.no_grad():
             for batch in batches:
-                images, target = _batch_to_device(batch, task, device, channels_last)
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                images, target = (prepare(batch) if prepare is not None
+                                  else _batch_to_device(batch, task, device, channels_last))
+                with torch.autocast(device_type="cuda", dtype=amp_dtype or torch.float16, enabled=use_amp):
                     output = model(images).float()
                 loss = float(loss_fn(output, target))
                 if keys is not None:
@@ -229,17 +235,6 @@ def _merged(coll: Collectives, meter):
     """``meter`` with its state summed over ranks (one allreduce): its metrics are then identical on every rank."""
     meter.load_state(coll.allreduce_sum(meter.state()))
     return meter
-
-
-def _progress(total: int, enabled: bool, description: str):
-    """A tqdm bar on rank 0 when tqdm is installed and stderr is a terminal, else None (log lines instead)."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=description, leave=False, file=sys.stderr)
 
 
 def _setup_logging(log_level: str, rank: int) -> None:
@@ -283,15 +278,27 @@ class RankContext:
     monitor: str
     higher_is_better: bool
     started: float
+    settings: DeviceSettings  # autocast, memory format, cudnn, compile (classeg.training.accel)
     scan_keys: dict[str, set] = field(default_factory=dict)  # record_shards: scan keys each split's pass read
 
     @property
     def use_amp(self) -> bool:
-        return self.device.type == "cuda"
+        return self.settings.use_amp
 
     @property
     def channels_last(self) -> bool:
-        return self.device.type == "cuda"
+        return self.settings.channels_last
+
+    def inputs(self, batch: dict, *, split: str, epoch: int = 0):
+        """A cache batch as (images, target) on the device: augmented for the training split when
+        ``train.augment``, normalised as the model expects (`classeg.training.augment.model_inputs`)."""
+        from classeg.training.augment import model_inputs
+
+        plan = self.plan
+        return model_inputs(batch, task=plan.task, input_spec=plan.model.input_spec, device=self.device,
+                            channels_last=self.channels_last, augment=split == "train" and plan.recipe.augment,
+                            seed=plan.recipe.seed, epoch=epoch,
+                            with_mask=split == "train" and plan.model.mask_supervised)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -329,8 +336,9 @@ def run(plan: TrainPlan, coll: Collectives) -> dict | None:
             log.info("before training: val loss %.4f, %s %.4f", state.initial_val["loss"], monitor,
                      state.initial_val.get(monitor, math.nan))
     if rank == 0:
-        log.info("training %s on %d process(es) (%s, %s): %d epochs x %d steps of %d images per process, "
+        log.info("training %s on %d process(es) (%s, %s: %s): %d epochs x %d steps of %d images per process, "
                  "lr %.3g (x%d processes), start at epoch %d", plan.task, coll.size, coll.name, ctx.device,
+                 ctx.settings.describe(),
                  recipe.epochs, ctx.steps_per_epoch, recipe.batch_size * recipe.grad_accum_steps, recipe.lr,
                  coll.size, state.epoch + 1)
     epoch_seconds: list[float] = []
@@ -373,8 +381,6 @@ def setup(plan: TrainPlan, coll: Collectives) -> tuple[RankContext, TrainState]:
     """This rank's model (rank 0's initial weights everywhere), optimizer, schedule, loss and state; when the
     plan resumes, all restored from ``last.pt`` (every rank reads it from the shared storage itself; the
     engine's broadcast makes rank 0's copy win)."""
-    import torch
-
     from classeg.training.optim import build_optimizer
 
     started = time.time()
@@ -383,8 +389,8 @@ def setup(plan: TrainPlan, coll: Collectives) -> tuple[RankContext, TrainState]:
     seed_everything(recipe.seed, rank=rank, epoch=-1)
     model = build_model(plan.model, load_weights=(rank == 0 and not plan.resume))
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    settings = accel.settings_for(device, compile_model=recipe.compile)
+    accel.apply(settings, model)
     optimizer = build_optimizer(model, task=plan.task, optimizer=recipe.optimizer, lr=recipe.lr * coll.size,
                                 weight_decay=recipe.weight_decay, momentum=recipe.momentum,
                                 backbone_lr_scale=backbone_lr_scale(plan))
@@ -405,75 +411,58 @@ def setup(plan: TrainPlan, coll: Collectives) -> tuple[RankContext, TrainState]:
             checkpoints.set_rng_state(rng[rank])
         if rank == 0:
             log.info("resuming run %s after epoch %d of %d", plan.run_id, state.epoch, recipe.epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     train_model, optimizer = coll.wrap(model, optimizer, accum_steps=accum, device=device)
+    train_model = accel.compiled(settings, train_model)
     if checkpoint is not None:
         # After wrapping: Horovod's DistributedOptimizer is a new optimizer over the same parameter groups.
         optimizer.load_state_dict(checkpoint["optimizer"])
         coll.broadcast_optimizer_state(optimizer)
     ctx = RankContext(plan=plan, coll=coll, device=device, model=model, train_model=train_model,
-                      optimizer=optimizer, scaler=scaler, schedule=schedule, loss_fn=build_loss(plan.model, device),
-                      micro_steps=micro_steps, monitor=monitor, higher_is_better=higher_is_better, started=started)
+                      optimizer=optimizer, scaler=accel.grad_scaler(settings), schedule=schedule,
+                      loss_fn=build_loss(plan.model, device), micro_steps=micro_steps, monitor=monitor,
+                      higher_is_better=higher_is_better, started=started, settings=settings)
     return ctx, state
 
 
 def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[float, float]:
     """Epoch ``epoch`` (0-based): ``ctx.micro_steps`` micro-batches of this rank's shard, advancing
     ``state.step`` per optimizer step. Returns (mean training loss, images per second), over all ranks."""
+    import torch
+
+    from classeg.training.progress import EpochProgress
+
     plan, coll = ctx.plan, ctx.coll
     recipe = plan.recipe
     accum = recipe.grad_accum_steps
     seed_everything(recipe.seed, rank=coll.rank, epoch=epoch)
     ctx.model.train()
     started = time.time()
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
     keys = set() if recipe.record_shards and "train" not in ctx.scan_keys else None
-    progress = _Progress(ctx, epoch)
+    progress = EpochProgress(rank0=coll.rank == 0, total=ctx.micro_steps, epoch=epoch, epochs=recipe.epochs)
     with contextlib.closing(_train_batches(plan, rank=coll.rank, size=coll.size, epoch=epoch,
                                            steps=ctx.micro_steps)) as batches:
         for micro, batch in enumerate(batches):
             if keys is not None:
                 keys.update(int(k) for k in batch["scan_key"])
-            images, target = _batch_to_device(batch, plan.task, ctx.device, ctx.channels_last,
-                                              with_mask=plan.model.mask_supervised)
+            images, target = ctx.inputs(batch, split="train", epoch=epoch)
             last_micro = (micro + 1) % accum == 0
             if micro % accum == 0:
                 ctx.schedule.apply(ctx.optimizer, state.step)
             loss = train_step(ctx.train_model, images, target, loss_fn=ctx.loss_fn, optimizer=ctx.optimizer,
                               scaler=ctx.scaler, coll=coll, use_amp=ctx.use_amp, accum_steps=accum,
-                              last_micro=last_micro)
+                              last_micro=last_micro, amp_dtype=ctx.settings.amp_dtype)
             state.step += int(last_micro)
-            loss_sum += loss * images.shape[0]
+            loss_sum += loss.double() * images.shape[0]
             seen += images.shape[0]
-            progress.update(micro, loss_sum / seen, images_per_sec=seen * coll.size / max(time.time() - started, 1e-9))
+            progress.update(micro, lambda: float(loss_sum) / seen,
+                            images_per_sec=seen * coll.size / max(time.time() - started, 1e-9))
     progress.close()
     if keys is not None:
         ctx.scan_keys["train"] = keys
     seconds = time.time() - started
-    totals = coll.allreduce_sum(np.array([loss_sum, seen], dtype=np.float64))
+    totals = coll.allreduce_sum(np.array([float(loss_sum), seen], dtype=np.float64))
     return float(totals[0] / max(totals[1], 1)), float(totals[1] / max(seconds, 1e-9))
-
-
-class _Progress:
-    """Rank 0's progress within an epoch: a tqdm bar on a terminal, else ``PROGRESS_LINES`` log lines."""
-
-    def __init__(self, ctx: RankContext, epoch: int) -> None:
-        self.rank0 = ctx.coll.rank == 0
-        self.total, self.epoch, self.epochs = ctx.micro_steps, epoch, ctx.plan.recipe.epochs
-        self.bar = _progress(self.total, self.rank0, f"epoch {epoch + 1}/{self.epochs}")
-        self.every = max(1, self.total // PROGRESS_LINES)
-
-    def update(self, micro: int, mean_loss: float, *, images_per_sec: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{mean_loss:.4f}")
-        elif self.rank0 and (micro + 1) % self.every == 0 and micro + 1 < self.total:
-            log.info("epoch %d/%d %3d%% (%d/%d steps) loss %.4f, %.1f images/s", self.epoch + 1, self.epochs,
-                     100 * (micro + 1) // self.total, micro + 1, self.total, mean_loss, images_per_sec)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def validate(ctx: RankContext, split: str, *, epoch: int = 0, **collect):
@@ -485,7 +474,9 @@ def validate(ctx: RankContext, split: str, *, epoch: int = 0, **collect):
     keys = set() if plan.recipe.record_shards else None
     with _open(plan, split, rank=coll.rank, size=coll.size, epoch=epoch, train=False) as loader:
         evaluate_batches(ctx.model, loader, task=plan.task, loss_fn=ctx.loss_fn, device=ctx.device, meter=meter,
-                         use_amp=ctx.use_amp, channels_last=ctx.channels_last, keys=keys, **collect)
+                         use_amp=ctx.use_amp, channels_last=ctx.channels_last, keys=keys,
+                         prepare=functools.partial(ctx.inputs, split=split), amp_dtype=ctx.settings.amp_dtype,
+                         **collect)
     if keys is not None and split not in ctx.scan_keys:
         ctx.scan_keys[split] = keys
     return _merged(coll, meter)
@@ -563,7 +554,7 @@ def _open(plan: TrainPlan, split: str, *, rank: int, size: int, epoch: int, trai
 
     return open_loader(plan.splits[split], task=plan.task, input_spec=plan.model.input_spec,
                        batch_size=plan.recipe.batch_size, rank=rank, size=size, seed=plan.recipe.seed, epoch=epoch,
-                       train=train, augment=plan.recipe.augment)
+                       train=train, threads=plan.recipe.loader_threads)
 
 
 def _train_batches(plan: TrainPlan, *, rank: int, size: int, epoch: int, steps: int):
@@ -571,4 +562,4 @@ def _train_batches(plan: TrainPlan, *, rank: int, size: int, epoch: int, steps: 
 
     return epoch_batches(plan.splits["train"], steps=steps, task=plan.task, input_spec=plan.model.input_spec,
                          batch_size=plan.recipe.batch_size, rank=rank, size=size, seed=plan.recipe.seed,
-                         epoch=epoch, augment=plan.recipe.augment, with_mask=plan.model.mask_supervised)
+                         epoch=epoch, threads=plan.recipe.loader_threads)

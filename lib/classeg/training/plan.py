@@ -97,6 +97,8 @@ class Recipe:
     early_stopping_patience: int
     augment: bool
     threads_per_proc: int
+    loader_threads: int
+    compile: bool
     eval_before_training: bool
     record_shards: bool
     target_sensitivity: float
