@@ -1,7 +1,7 @@
 """GPU ceilings of the classeg models, and how close the predictor and the per-rank training step get (issue 17).
 
     python benchmarks/gpu.py [--device auto|cpu|cuda] [--quick] [--scans 20000] [--seconds 12]
-                             [--parts ceilings,predictor,train_epoch] [--out PATH]
+                             [--parts ceilings,predictor,loader,train_epoch] [--out PATH]
 
 Prints one JSON object on stdout (also written to ``--out``); progress goes to stderr. Without a CUDA device
 (and without ``--device cpu``) it prints ``{"skipped": "no CUDA device", ...}`` and exits 0 at once.
@@ -24,9 +24,14 @@ span):
   ``predict`` in batches of 256. Untrained, the classifier says about the same thing for every scan, so
   ``tumor_threshold`` is the median tumour probability of the pool: about half the scans are segmented
   (``segmented_fraction`` says how many were). Ratio to the ResNet18 forward ceiling.
-- a training "epoch": ``classeg.training.loop.train_step`` with ``LocalCollectives``, the model, optimizer,
-  loss and schedule built as ``loop.setup`` builds them, over in-memory float32 host batches (what the
-  loader hands the loop) at 224 px, moved as the loop moves them. Ratio to the ResNet18 train-step ceiling.
+- the loader: a training cache of decoded 224 px pixels (`classeg.training.cache`, written here with pyarrow
+  as Spark writes it on a cluster; the phantom pool cycled, ``Sizes.train_rows`` rows) read by
+  `classeg.training.data.open_loader` (reader threads, batches collated into pinned memory): ``host`` alone,
+  and ``to_device_augmented`` with the copy to the device and the batched augmentation and normalisation
+  there (`classeg.training.augment.model_inputs`).
+- a training epoch: `classeg.training.loop.train_one_epoch` of the per-rank loop (``loop.setup`` with
+  ``LocalCollectives``, the default config's ResNet18 recipe, augmentation on) over that cache, the second
+  of two epochs. Ratio to the ResNet18 train-step ceiling.
 
 The predictor and the training step run with the settings the library itself chooses (its own autocast,
 memory format and cudnn flags): those are what is measured. ``autocast_dtype`` is read off the first
@@ -63,7 +68,7 @@ except ImportError:  # run from a checkout without `pip install -e .` (the GPU m
 log = logging.getLogger("benchmarks.gpu")
 
 DEVICES = ("auto", "cpu", "cuda")
-PARTS = ("ceilings", "predictor", "train_epoch")
+PARTS = ("ceilings", "predictor", "loader", "train_epoch")
 #: Goals from issue 17: the training step against the train-step ceiling, scoring against the forward one.
 GOALS = {"train_epoch_to_resnet18_train_step": 0.85, "predictor_to_resnet18_forward": 0.80}
 #: The predictor's prepare runs on one CPU thread; this cap keeps the whole run under 8 minutes if the
@@ -87,10 +92,14 @@ class Sizes:
     warmup: int = 10           # the first iterations include cudnn's autotuning
     probe: int = 3
     min_iterations: int = 5
+    train_rows: int = 2560     # training cache rows: 10 steps of classifier_batch per epoch
+    rows_per_file: int = 128   # one row group per file, as prepare_split writes them
+    loader_threads: int = 4
 
 
 QUICK = Sizes(classifier_size=64, classifier_batch=4, segmenter_size=64, segmenter_batch=2, scan_size=64,
-              predictor_batch=8, scans=24, phantoms=8, seconds=0.3, warmup=1, probe=1, min_iterations=2)
+              predictor_batch=8, scans=24, phantoms=8, seconds=0.3, warmup=1, probe=1, min_iterations=2,
+              train_rows=16, rows_per_file=4, loader_threads=2)
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -298,7 +307,7 @@ def run_predictor(runner: Runner, pool: list, *, scans: int, base_filters: int) 
         tick = time.perf_counter()
         prepared = [predictor.prepare(scan) for scan in batch_scans]
         tock = time.perf_counter()
-        predictions = predictor.predict([canonical for canonical, _ in prepared], [x for _, x in prepared])
+        predictions = predictor.predict(prepared)  # prepare gives canonical uint8 scans; inputs are made on the device
         predict_seconds += time.perf_counter() - tock
         prepare_seconds += tock - tick
         segmented += sum(p.mask is not None for p in predictions)
@@ -314,59 +323,100 @@ def run_predictor(runner: Runner, pool: list, *, scans: int, base_filters: int) 
             "cudnn_benchmark": bool(runner.torch.backends.cudnn.benchmark)}
 
 
-# ---------------------------------------------------------------------------------------------- training step
-def run_train_epoch(runner: Runner, pool: list) -> dict:
-    """The loop's per-micro-batch work (``train_one_epoch`` without a loader): schedule, host-to-device copy,
-    ``train_step``. Model, optimizer, scaler and loss built as ``loop.setup`` builds them from the default
-    config (ResNet18, linear head, finetune, AdamW)."""
+# ---------------------------------------------------------------------------------------------- training cache
+def write_train_cache(folder: Path, pool: list, sizes: Sizes) -> tuple:
+    """A training cache of ``sizes.train_rows`` rows at the classifier's input size, written here with pyarrow
+    as `classeg.training.data.prepare_split` has Spark write it (`classeg.training.cache`): the pool's scans
+    cycled under distinct ids, labels alternating, ``sizes.rows_per_file`` rows per file. Returns (the split's
+    `Shards` for one rank, the input spec)."""
     import numpy as np
+    import pyarrow.parquet as pq
+
+    from classeg.training.cache import cache_pixels, cache_table
+    from classeg.training.data import Shards
+    from classeg.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    size, rows = sizes.classifier_size, sizes.train_rows
+    spec = {"size": size, "channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "zscore": False}
+    pixels = np.stack([cache_pixels(scan, None, size=size, channels=3)[0] for scan in pool])
+    urls = []
+    for start in range(0, rows, sizes.rows_per_file):
+        index = np.arange(start, min(rows, start + sizes.rows_per_file))
+        table = cache_table([format(0xB000000000000000 + int(i), "016x") for i in index],
+                            pixels[index % len(pool)], labels=index % 2)
+        path = folder / f"part-{len(urls):05d}.parquet"
+        pq.write_table(table, path)
+        urls.append(path.as_uri())
+    return Shards(split="train", file_urls=tuple(urls), rows=rows, row_groups=len(urls), shard_rows=(rows,)), spec
+
+
+def run_loader(runner: Runner, shards, spec: dict, sizes: Sizes) -> dict:
+    """The loader alone (read, collate into pinned memory on CUDA), then the same passes with the copy to the
+    device and the device augmentation and normalisation (`classeg.training.augment.model_inputs`)."""
+    from classeg.training.augment import model_inputs
+    from classeg.training.data import open_loader
+
+    options = dict(task="classify", input_spec=spec, batch_size=sizes.classifier_batch, rank=0, size=1, seed=0,
+                   train=True, threads=sizes.loader_threads)
+
+    def one_pass(epoch: int, to_device: bool) -> int:
+        images = 0
+        with open_loader(shards, epoch=epoch, **options) as loader:
+            for batch in loader:
+                if to_device:
+                    model_inputs(batch, task="classify", input_spec=spec, device=runner.device,
+                                 channels_last=runner.cuda, augment=True, seed=0, epoch=epoch)
+                images += len(batch["scan_key"])
+        runner.sync()
+        return images
+
+    result = {"rows": shards.rows, "batch": sizes.classifier_batch, "image_size": sizes.classifier_size,
+              "threads": sizes.loader_threads, "pinned": runner.cuda}
+    for name, to_device in (("host", False), ("to_device_augmented", True)):
+        one_pass(0, to_device)  # warm-up
+        started = time.perf_counter()
+        images = one_pass(1, to_device)
+        seconds = time.perf_counter() - started
+        result[name] = {"images_per_sec": images / seconds, "seconds": seconds, "images": images}
+    result["images_per_sec"] = result["to_device_augmented"]["images_per_sec"]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- training epoch
+def run_train_epoch(runner: Runner, shards, spec: dict, sizes: Sizes) -> dict:
+    """`classeg.training.loop.train_one_epoch` of the per-rank loop (``setup`` with ``LocalCollectives``, the
+    default config's ResNet18 recipe with augmentation, the library's own device settings) over the cache:
+    epoch 1 warms up (cuDNN autotuning), epoch 2 is measured. images/s as the loop reports it."""
     import torch
 
     from classeg.config import load_config
-    from classeg.models import build_classifier
     from classeg.training.collectives import LocalCollectives
-    from classeg.training.loop import _batch_to_device, build_loss_for, train_step
-    from classeg.training.optim import LRSchedule, build_optimizer
-    from classeg.transforms import preprocess_for_model
+    from classeg.training.loop import setup, train_one_epoch
+    from classeg.training.plan import ModelSpec, Recipe, TrainPlan
 
-    sizes, recipe = runner.sizes, load_config().train
-    batch, device = sizes.classifier_batch, runner.device
-    torch.manual_seed(0)
-    model = build_classifier(arch="resnet18", num_classes=2, head=recipe.head, strategy=recipe.strategy,
-                             input_size=sizes.classifier_size)
-    model.to(device)
-    if device.type == "cuda":  # as loop.setup: channels_last on CUDA only
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, task="classify", optimizer=recipe.optimizer, lr=recipe.lr,
-                                weight_decay=recipe.weight_decay, momentum=recipe.momentum, backbone_lr_scale=1.0)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    loss_fn = build_loss_for("classify", num_classes=2).to(device)
-    coll = LocalCollectives()
-    use_amp = channels_last = device.type == "cuda"  # RankContext.use_amp / .channels_last
-    inputs = [preprocess_for_model(scan, input_size=sizes.classifier_size, mean=model.mean, std=model.std,
-                                   channels=3) for scan in pool]
-    rng = np.random.default_rng(1)
-    host_batches = [{"image": torch.from_numpy(np.stack([inputs[(b * batch + i) % len(inputs)]
-                                                         for i in range(batch)])),
-                     "label": torch.from_numpy(rng.integers(0, 2, batch))} for b in range(2)]
-    schedule = LRSchedule(kind=recipe.schedule, warmup_steps=1, total_steps=1000)
-    state = {"step": 0, "loss": 0.0}
-    model.train()
-
-    def step():
-        images, target = _batch_to_device(host_batches[state["step"] % 2], "classify", device, channels_last)
-        schedule.apply(optimizer, state["step"])
-        state["loss"] = train_step(model, images, target, loss_fn=loss_fn, optimizer=optimizer, scaler=scaler,
-                                   coll=coll, use_amp=use_amp, accum_steps=1, last_micro=True)
-        state["step"] += 1
-
-    log.info("train epoch: train_step, batch %d at %d px", batch, sizes.classifier_size)
-    probe = DtypeProbe(model.backbone.conv1)
-    result = runner.measure(step, batch=batch, image_size=sizes.classifier_size)
-    result.update({"autocast_dtype": probe.close(), "host_batches": "float32, pageable",
-                   "loss_finite": math.isfinite(state["loss"]),
-                   "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)})
-    return result
+    train = load_config().to_dict()["train"]
+    recipe = {**train, "batch_size": sizes.classifier_batch, "epochs": 2, "warmup_epochs": 0, "augment": True,
+              "loader_threads": sizes.loader_threads, "record_shards": False}
+    model = ModelSpec.from_train_config(train, class_names=["no_tumor", "tumor"], input_spec=spec)
+    with tempfile.TemporaryDirectory(prefix="classeg-gpu-bench-run-") as run_dir:
+        plan = TrainPlan(model=model, recipe=Recipe.from_train_config(recipe), splits={"train": shards},
+                         run_id="gpu-bench", run_uri=run_dir, output=run_dir, resume=False, s3=None, config={},
+                         fingerprint={})
+        ctx, state = setup(plan, LocalCollectives())
+        log.info("train epoch: train_one_epoch, %d steps of %d at %d px on %s (%s)", ctx.micro_steps,
+                 sizes.classifier_batch, sizes.classifier_size, ctx.device, ctx.settings.describe())
+        probe = DtypeProbe(ctx.model.backbone.conv1)
+        train_one_epoch(ctx, state, 0)
+        runner.sync()
+        started = time.perf_counter()
+        loss, images_per_sec = train_one_epoch(ctx, state, 1)
+        runner.sync()
+        seconds = time.perf_counter() - started
+    return {"images_per_sec": images_per_sec, "seconds": seconds, "steps": ctx.micro_steps,
+            "batch": sizes.classifier_batch, "image_size": sizes.classifier_size, "rows": shards.rows,
+            "loader_threads": sizes.loader_threads, "device": str(ctx.device), "settings": ctx.settings.describe(),
+            "autocast_dtype": probe.close(), "loss_finite": math.isfinite(loss),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -422,6 +472,24 @@ def _part(name: str, function, *args, **kwargs) -> dict:
         return {"error": f"{type(err).__name__}: {err}"}
 
 
+def _training_parts(runner: Runner, pool: list, sizes: Sizes, parts) -> dict:
+    """The loader and training-epoch parts over one training cache written in a temporary folder."""
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="classeg-gpu-bench-cache-") as folder:
+        log.info("training cache: %d rows at %d px", sizes.train_rows, sizes.classifier_size)
+        written = _part("training cache", lambda: write_train_cache(Path(folder), pool, sizes))
+        if isinstance(written, dict):  # an import failed: both parts report it
+            return {part: written for part in ("loader", "train_epoch") if part in parts}
+        shards, spec = written
+        if "loader" in parts:
+            results["loader"] = _part("loader", run_loader, runner, shards, spec, sizes)
+            runner.release()
+        if "train_epoch" in parts:
+            results["train_epoch"] = _part("train_epoch", run_train_epoch, runner, shards, spec, sizes)
+            runner.release()
+    return results
+
+
 def _ratio(part: dict, ceiling_part: dict) -> float | None:
     if "images_per_sec" not in part or "images_per_sec" not in ceiling_part:
         return None
@@ -475,23 +543,24 @@ def main(argv: list[str] | None = None) -> int:
     result["parts"] = list(args.parts)
     ceilings = run_ceilings(runner, base_filters) if "ceilings" in args.parts else {}
     result["ceilings"] = ceilings
-    if "predictor" in args.parts or "train_epoch" in args.parts:
+    if any(part in args.parts for part in ("predictor", "loader", "train_epoch")):
         log.info("synthetic scans: %d distinct phantoms of %d px", sizes.phantoms, sizes.scan_size)
         pool = phantom_pool(sizes.phantoms, sizes.scan_size)
-    # The library paths run with cudnn as the library leaves it (it sets no flag of its own today).
+    # The library paths run with cudnn as they leave it: the ceilings' flag is reset here, and the training
+    # loop's setup sets its own (classeg.training.accel).
     torch.backends.cudnn.benchmark = False
     if "predictor" in args.parts:
         result["predictor"] = _part("predictor", run_predictor, runner, pool, scans=scans,
                                     base_filters=base_filters)
         runner.release()
-    if "train_epoch" in args.parts:
-        result["train_epoch"] = _part("train_epoch", run_train_epoch, runner, pool)
-        runner.release()
-
+    if "loader" in args.parts or "train_epoch" in args.parts:
+        result.update(_training_parts(runner, pool, sizes, args.parts))
     result["ratios"] = {
         "predictor_to_resnet18_forward": _ratio(result.get("predictor", {}), ceilings.get("resnet18_forward", {})),
         "train_epoch_to_resnet18_train_step": _ratio(result.get("train_epoch", {}),
                                                      ceilings.get("resnet18_train_step", {})),
+        # above 1: the loader (to the device, augmented) outruns the model, which then sets the pace
+        "loader_to_resnet18_train_step": _ratio(result.get("loader", {}), ceilings.get("resnet18_train_step", {})),
     }
     result["goals"] = GOALS
     result["seconds_total"] = time.perf_counter() - started

@@ -13,6 +13,10 @@ on what the weights are. Untrained, the classifier says about the same thing for
 sets ``tumor_threshold`` to the median tumour probability of the first batches: about half the scans are
 "tumour" and segmented, a realistic share. Both sides use that threshold, so they segment the same scans.
 
+The job's summary gives its tasks' seconds per stage (``stage_seconds``: fetch, decode, preprocess, classify,
+segment, encode, write, summed over tasks and threads) and the host's cost per image beside the models
+(``host_ms_per_image``: fetch + decode + encode); they are recorded with each job run.
+
 The plain loop is one Python process with torch using 2 threads (the machine's 2 cores): read each file,
 decode (classeg.imaging), preprocess (Artifact.preprocess), classify each batch, segment the positives,
 resize the masks to the original size and PNG-encode them, batch size as the job. The job is
@@ -258,7 +262,9 @@ def alternate_runs(spark, loop: PlainLoop, paths: list[Path], archive: Path, out
                          "images_per_s": round(job_summary["scored"] / job_seconds, 3),
                          "scoring_stage_images_per_s": job_summary["images_per_s"],
                          "partitions": job_summary["partitions"], "errors": job_summary["errors"],
-                         **memory.summary()})
+                         "stage_seconds": job_summary["stage_seconds"],
+                         "model_batches": job_summary["model_batches"], "largest_batch": job_summary["largest_batch"],
+                         "host_ms_per_image": job_summary["host_ms_per_image"], **memory.summary()})
         print(f"job: {job_runs[-1]}", flush=True)
     plain = max(plain_runs, key=lambda run: run["images_per_s"])
     job = max(job_runs, key=lambda run: run["images_per_s"])
@@ -360,6 +366,10 @@ def main(argv=None) -> int:
           f"{plain['seconds']} | {plain['images_per_s']} |")
     print(f"| scoring job (local[2], whole run) | {job['scans']} | {job['tumor']} | {job['seconds']} | "
           f"{job['images_per_s']} |")
+    stages = job["stage_seconds"]
+    print(f"\njob stage seconds (summed over tasks and threads): {stages}; host (fetch + decode + encode) "
+          f"{job['host_ms_per_image']} ms per image, preprocess on the device (here the CPU) "
+          f"{1000 * stages['preprocess'] / max(job['scans'], 1):.2f} ms per image")
     print(f"\njob / plain = **{ratio:.2f}x** best of {args.repeats} each ({median_ratio:.2f}x median; goal >= 0.85). "
           f"Spark session start {session_seconds:.1f}s, "
           f"cold first run {cold_seconds:.1f}s (not in the timings).\n")

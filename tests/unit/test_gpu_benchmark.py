@@ -34,7 +34,7 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     assert "skipped" not in result
     assert (result["torch"], result["device"], result["device_type"]) == (torch.__version__, "cpu", "cpu")
     assert result["capability"] is None and result["bf16"] is None
-    assert result["parts"] == ["ceilings", "predictor", "train_epoch"]
+    assert result["parts"] == ["ceilings", "predictor", "loader", "train_epoch"]
     assert result["torch_threads"] == 1  # --quick
 
     ceilings = result["ceilings"]
@@ -56,15 +56,24 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     assert 0 < predictor["prepare_seconds"] + predictor["predict_seconds"] <= predictor["seconds"]
     assert predictor["autocast_dtype"] == "float32"  # the predictor's own choice on CPU
 
+    loader = result["loader"]
+    assert (loader["rows"], loader["batch"], loader["image_size"], loader["pinned"]) == (16, 4, 64, False)
+    for stage in ("host", "to_device_augmented"):
+        assert loader[stage]["images"] == 16, stage  # one whole pass of the 16-row cache
+        assert loader[stage]["images_per_sec"] == pytest.approx(16 / loader[stage]["seconds"])
+
     epoch = result["train_epoch"]
     assert epoch["images_per_sec"] > 0 and epoch["loss_finite"] is True
-    assert (epoch["batch"], epoch["image_size"]) == (4, 64)
+    assert (epoch["batch"], epoch["image_size"], epoch["steps"], epoch["rows"]) == (4, 64, 4, 16)
+    assert epoch["device"] == "cpu" and epoch["settings"].startswith("fp32, contiguous")
 
     ratios = result["ratios"]
     assert ratios["predictor_to_resnet18_forward"] == pytest.approx(
         predictor["images_per_sec"] / ceilings["resnet18_forward"]["images_per_sec"])
     assert ratios["train_epoch_to_resnet18_train_step"] == pytest.approx(
         epoch["images_per_sec"] / ceilings["resnet18_train_step"]["images_per_sec"])
+    assert ratios["loader_to_resnet18_train_step"] == pytest.approx(
+        loader["images_per_sec"] / ceilings["resnet18_train_step"]["images_per_sec"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
@@ -80,21 +89,23 @@ def test_without_cuda_it_prints_skipped_and_exits_0(argv, tmp_path):
 
 
 def test_a_missing_boto3_is_reported_and_the_run_goes_on():
-    run = _run("--quick", "--device", "cpu", "--parts", "predictor,train_epoch",
+    run = _run("--quick", "--device", "cpu", "--parts", "predictor,loader,train_epoch",
                blocked=NO_SPARK + ("boto3", "botocore"))
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
     assert result["ceilings"] == {}
+    assert result["loader"]["images_per_sec"] > 0  # the loader needs neither Spark nor boto3
     for part in ("predictor", "train_epoch"):
         assert result[part]["error"].startswith("ModuleNotFoundError"), result[part]
         assert "boto" in result[part]["error"], result[part]
-    assert result["ratios"] == {"predictor_to_resnet18_forward": None, "train_epoch_to_resnet18_train_step": None}
+    assert result["ratios"] == {"predictor_to_resnet18_forward": None, "train_epoch_to_resnet18_train_step": None,
+                                "loader_to_resnet18_train_step": None}
 
 
 @pytest.mark.parametrize("argv, named", [
     (("--scans", "0"), "'0'"),
     (("--seconds", "-1"), "'-1'"),
-    (("--parts", "ceilings,loader"), "'ceilings,loader'"),
+    (("--parts", "ceilings,decoder"), "'ceilings,decoder'"),
     (("--device", "tpu"), "'tpu'"),
 ])
 def test_bad_arguments_exit_2_naming_the_value(argv, named):

@@ -13,7 +13,11 @@ from classeg import synthetic
 from classeg.labels import TumorClassError
 from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings, resolve_tumor_classes
 from classeg.scoring.table import SCORE_COLUMNS
-from classeg.scoring.udf import _bbox, _rebatch, score_frame
+from classeg import volumes
+from classeg.scoring.device import masks_at_sizes, model_inputs
+from classeg.scoring.stages import STAGES, StageTimes
+from classeg.scoring.udf import score_frame
+from classeg.transforms import preprocess_for_model
 from scoring_models import save_classifier, trained_models
 
 ARCHIVE_SEED = 7
@@ -83,6 +87,12 @@ def test_labels_match_the_phantom_truth(scored, archive):
     assert probabilities.shape == (24, 2) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert np.allclose(ok["tumor_probability"].astype(float), probabilities[:, 1], atol=1e-6)
     assert (ok["height"] == 64).all() and (ok["width"] == 64).all()
+
+
+def _bbox(mask: np.ndarray) -> list[int] | None:
+    """Reference box on the host: half-open [x0, y0, x1, y1] of the non-zero pixels."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1] if rows.size else None
 
 
 def test_tumour_scans_get_masks_at_original_size_and_others_none(scored, archive):
@@ -205,19 +215,114 @@ def test_resolve_tumor_classes_rejects(names, meta, override, message):
 
 
 @pytest.mark.parametrize("mask, expected", [
-    (np.zeros((4, 5), bool), None),
-    (np.pad(np.ones((1, 1), bool), ((2, 1), (3, 1))), [3, 2, 4, 3]),
-    (np.pad(np.ones((2, 3), bool), ((0, 2), (1, 1))), [1, 0, 4, 2]),
+    (np.zeros((4, 5), bool), (0, None)),
+    (np.pad(np.ones((1, 1), bool), ((2, 1), (3, 1))), (1, [3, 2, 4, 3])),
+    (np.pad(np.ones((2, 3), bool), ((0, 2), (1, 1))), (6, [1, 0, 4, 2])),
+    (np.eye(3, dtype=bool)[::-1], (3, [0, 0, 3, 3])),
 ])
-def test_bbox_is_half_open_x0_y0_x1_y1(mask, expected):
-    assert _bbox(mask) == expected
+def test_device_masks_area_and_bbox_are_half_open_x0_y0_x1_y1(mask, expected):
+    import torch
+
+    probabilities = torch.from_numpy(mask.astype(np.float32))[None, None]
+    found = masks_at_sizes(probabilities, [mask.shape], 0.5)
+    assert (found.areas[0], found.bboxes[0]) == expected
+    assert np.array_equal(found.masks[0], mask)
 
 
-def test_rebatch_recuts_frames_in_order():
-    frames = [pd.DataFrame({"i": range(0, 5)}), pd.DataFrame({"i": range(5, 6)}), pd.DataFrame({"i": range(6, 13)})]
-    batches = list(_rebatch(frames, 4))
-    assert [len(b) for b in batches] == [4, 4, 4, 1]
-    assert pd.concat(batches)["i"].tolist() == list(range(13))
+def test_device_masks_are_resized_back_per_size_in_input_order():
+    import torch
+
+    probabilities = torch.zeros((3, 1, 8, 8))
+    probabilities[:, :, 2:6, 2:6] = 1.0
+    found = masks_at_sizes(probabilities, [(16, 16), (8, 12), (16, 16)], 0.5)
+    assert [mask.shape for mask in found.masks] == [(16, 16), (8, 12), (16, 16)]
+    assert found.bboxes[0] == found.bboxes[2] == [4, 4, 12, 12] and found.areas[0] == 64
+    assert found.bboxes[1] == [3, 2, 9, 6] and found.areas[1] == 24
+    with pytest.raises(ValueError, match="3 probability maps for 2 sizes"):
+        masks_at_sizes(probabilities, [(8, 8), (8, 8)], 0.5)
+
+
+_SPECS = {
+    "imagenet rgb": {"size": 32, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                     "zscore": False},
+    "grayscale": {"size": 24, "channels": 1, "mean": [0.5], "std": [0.25], "zscore": False},
+    "zscore": {"size": 32, "channels": 3, "mean": [0.0] * 3, "std": [1.0] * 3, "zscore": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SPECS))
+def test_device_inputs_match_the_training_preprocessing(name):
+    """A batch of mixed sizes and channel counts (down- and upscaled, one constant scan) against
+    preprocess_for_model, one scan at a time on the host."""
+    import torch
+
+    spec = _SPECS[name]
+    rng = np.random.default_rng(5)
+    scans = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), rng.integers(0, 256, (50, 50), dtype=np.uint8),
+             rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), np.full((20, 20), 7, np.uint8)]
+    batch = model_inputs(scans, spec, torch.device("cpu")).numpy()
+    assert batch.shape == (4, spec["channels"], spec["size"], spec["size"]) and batch.dtype == np.float32
+    for scan, computed in zip(scans, batch):
+        if spec["channels"] == 1 and scan.ndim == 3:
+            scan = np.rint(scan.mean(axis=2)).astype(np.uint8)
+        zscore = spec["zscore"]
+        expected = preprocess_for_model(scan, input_size=spec["size"], mean=None if zscore else spec["mean"],
+                                        std=None if zscore else spec["std"], zscore=zscore,
+                                        channels=spec["channels"])
+        np.testing.assert_allclose(computed, expected, atol=1e-4)
+
+
+def test_device_inputs_reject_bad_batches():
+    import torch
+
+    with pytest.raises(ValueError, match="at least one scan"):
+        model_inputs([], _SPECS["grayscale"], torch.device("cpu"))
+    with pytest.raises(ValueError, match="expects 2"):
+        model_inputs([np.zeros((4, 4, 3), np.uint8)], {**_SPECS["grayscale"], "channels": 2}, torch.device("cpu"))
+
+
+def test_a_volume_longer_than_a_batch_is_cut_into_bounded_batches_across_files(predictor, archive, tmp_path):
+    """A 13-slice NIfTI volume between two small files, batch_size 4: every slice is scored, in order, in
+    batches of at most 4 images that also take the neighbouring files' images (15 images: 4 batches)."""
+    root, truth = archive
+    volume = np.zeros((40, 36, 13), np.float32)
+    volume[10:30, 8:24, 3:9] = 100.0
+    (tmp_path / "b_volume.nii.gz").write_bytes(volumes.nifti_bytes(volume, np.diag([1.0, 1.0, 2.0, 1.0]),
+                                                                   compress=True))
+    small = sorted(root / entry["path"] for entry in truth["slices"] if entry["path"].endswith(".png"))[:2]
+    for name, path in zip(("a_first.png", "c_last.png"), small):
+        (tmp_path / name).write_bytes(path.read_bytes())
+    objects = objects_frame(list_archive(tmp_path))
+    stages = StageTimes()
+    rows = score_frame(objects, predictor, batch_size=4, fetch_threads=2, stages=stages)
+    assert rows["key"].tolist() == ["a_first.png", *["b_volume.nii.gz"] * 13, "c_last.png"]
+    assert (rows["status"] == "ok").all()
+    assert rows["frame"].tolist()[1:14] == list(range(13))
+    assert rows["frame"].iloc[0] is None and rows["frame"].iloc[-1] is None
+    counts = stages.as_dict()
+    assert (counts["images"], counts["batches"], counts["largest_batch"]) == (15, 4, 4)
+
+
+def test_stage_seconds_are_counted(scored, predictor, archive):
+    root, _ = archive
+    stages = StageTimes()
+    predictor.tumor_threshold = 0.0  # every scan segmented, so every stage runs
+    try:
+        rows = score_frame(objects_frame(list_archive(root)), predictor, batch_size=5, fetch_threads=2,
+                           stages=stages)
+    finally:
+        predictor.tumor_threshold = 0.5
+    values = stages.as_dict()
+    assert set(values) == {*STAGES, "images", "batches", "largest_batch"}
+    assert all(values[name] > 0 for name in STAGES if name != "write"), values
+    assert values["write"] >= 0
+    assert (values["images"], values["batches"], values["largest_batch"]) == (24, 5, 5)
+    assert rows["mask"].notna().sum() == 24
+
+
+def test_stage_times_reject_unknown_stages():
+    with pytest.raises(ValueError, match="stage must be one of"):
+        StageTimes().add("fetching", 1.0)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -101,6 +101,25 @@ def _runs_table(runs: list[dict]) -> str:
                                "file or volume is one image per frame or slice)")
 
 
+def _stages_table(runs: list[dict]) -> str:
+    """Where each run's scoring time went: the tasks' seconds per stage (classeg.scoring.stages) and the host's
+    milliseconds per image."""
+    from classeg.scoring.stages import STAGES
+
+    timed = [r.get("summary", {}) | {"run_id": r.get("run_id")} for r in runs
+             if r.get("summary", {}).get("stage_seconds")]
+    if not timed:
+        return ""
+    rows = [[s["run_id"], s.get("ok_rows"), s.get("model_batches"), s.get("largest_batch"),
+             *(fmt(s["stage_seconds"].get(name)) for name in STAGES), fmt(s.get("host_ms_per_image"))]
+            for s in timed]
+    return table(["run", "images", "model batches", "largest batch", *(f"{name} s" for name in STAGES),
+                  "host ms / image"], rows,
+                 caption="Scoring time by stage (seconds summed over the tasks' threads: fetch, decode and encode "
+                         "run beside the models, so the stages add up to more than the run took; host ms / image "
+                         "= (fetch + decode + encode) / images scored)")
+
+
 _SERIES_SHOWN = 25
 
 
@@ -184,6 +203,7 @@ def render(ctx: ReportContext) -> str:
                  f"{len(ok) - len(tumor)} as no tumour. Scores table <code>{esc(sources.scores)}</code>.</p>")
     if runs:
         parts.append(_runs_table(runs))
+        parts.append(_stages_table(runs))
     parts.append(_series_table(sources.scores))
     if len(skipped):
         reasons = skipped["error"].fillna("(no reason)").value_counts()

@@ -19,6 +19,8 @@ Order of work (:class:`ScoreJob`), planned on the driver:
    pending, tasks) to ``<output>/_plans/<run_id>.json`` and returns it, scoring and marking nothing;
 4. ``mapInPandas(classeg.scoring.udf.score_partition)`` over those tasks and write
    ``<output>/run_date=D/run_id=R/`` (Parquet, mode overwrite: re-running a failed run id replaces its rows);
+   the tasks' seconds per stage come back through an accumulator, summed, as the summary's ``stage_seconds``
+   (:mod:`classeg.scoring.stages`), with ``model_batches``, ``largest_batch`` and ``host_ms_per_image``;
 5. read the run back: every pending object must be there exactly once (its images' ok rows, or one error or
    skipped row); count objects, rows, statuses, error kinds and skip reasons; the error rate is error objects
    over objects scored (skipped objects are not errors);
@@ -71,6 +73,7 @@ from classeg.scoring.predictor import ClassSegPredictor, ScoreSettings, tumor_th
 from classeg.scoring.table import (FAILED_RUNS_DIR, PLANS_DIR, SCORES_SCHEMA_DDL, Manifest, _check_run_id,
                                    mark_run_complete, run_path)
 from classeg.scoring.series import write_series
+from classeg.scoring.stages import stage_accumulator, stage_summary
 from classeg.scoring.udf import score_partition
 
 log = logging.getLogger(__name__)
@@ -391,7 +394,7 @@ class ScoreJob:
             "planning_seconds": plan.seconds,
             "manifest_files_compacted": compacted, "scoring_seconds": 0.0, "images_per_s": 0.0, "seconds": 0.0,
             "tumor_threshold": self.settings.tumor_threshold, "tumor_threshold_source": self.tumor_threshold_source,
-            "batch_size": self.settings.batch_size,
+            "batch_size": self.settings.batch_size, **stage_summary({}),
         }
         if plan.pending:
             summary.update(self._score(spark, plan))
@@ -424,7 +427,8 @@ class ScoreJob:
 
         target = run_path(self.output, self.run_date, self.run_id)
         started = time.perf_counter()
-        scored = plan.frame.mapInPandas(partial(score_partition, settings=self.settings,
+        stages = stage_accumulator(spark)
+        scored = plan.frame.mapInPandas(partial(score_partition, settings=self.settings, stages=stages,
                                                  redaction=self.redaction), schema=SCORES_SCHEMA_DDL)
         spark.sparkContext.setJobDescription(f"classeg score {self.run_id}: {plan.pending} objects")
         try:
@@ -458,7 +462,7 @@ class ScoreJob:
                 "ok_rows": totals["ok_rows"], "tumor": totals["tumor"] or 0, "rows_written": rows,
                 "partitions": plan.tasks, "scoring_seconds": round(scoring_seconds, 3),
                 "images_per_s": round(totals["ok_rows"] / scoring_seconds, 3) if scoring_seconds > 0 else 0.0,
-                "path": target}
+                "path": target, **stage_summary(stages.value)}
 
     def _record(self, spark, manifest: Manifest, summary: dict) -> None:
         """Add the run's done objects to the manifest: a Spark write of the rows read back, new files only."""

@@ -2,11 +2,13 @@
 torch, no Spark: :class:`ClassSegPredictor` is what :mod:`classeg.scoring.udf` runs inside each task, and what
 ``classeg evaluate`` runs over a scan table.
 
-Per batch of ``batch_size`` scans: one classifier forward pass; ``tumor_probability`` is the sum of the
-softmax probabilities of the classifier's tumour classes (:func:`resolve_tumor_classes`, from the one
-vocabulary :mod:`classeg.labels`); ``tumor = tumor_probability >= tumor_threshold``; the segmenter runs on the
-tumour scans only. Its per-pixel probabilities are resized (bilinear) back to the scan's original size and
-thresholded at ``mask_threshold``.
+Per batch of canonical uint8 scans (any sizes): each model's input is made on the device from the whole batch
+(:mod:`classeg.scoring.device`: resize and normalise as model.json says); one classifier forward pass;
+``tumor_probability`` is the sum of the softmax probabilities of the classifier's tumour classes
+(:func:`resolve_tumor_classes`, from the one vocabulary :mod:`classeg.labels`); ``tumor = tumor_probability >=
+tumor_threshold``; the segmenter runs on the tumour scans only. Its per-pixel probabilities are resized
+(bilinear) back to each scan's original size on the device and thresholded at ``mask_threshold``; only the
+boolean masks, their areas and boxes come back to the host.
 
 torch is imported inside the functions that need it: this module is imported on the driver for planning and
 pickled by reference into tasks.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +26,10 @@ from classeg import imaging
 from classeg.decoded import READ_DEFAULT_MODALITIES, ReadSettings
 from classeg.io.s3 import S3Settings
 from classeg.labels import TumorClassError, tumor_class_names
+from classeg.scoring.stages import StageTimes
+
+if TYPE_CHECKING:
+    from classeg.scoring.device import DeviceMasks
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,7 @@ __all__ = ["ClassSegPredictor", "DEVICE_CHOICES", "Prediction", "ScoreSettings",
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 # ---------------------------------------------------------------------------------------------- settings
+
 
 @dataclass(frozen=True)
 class ScoreSettings:
@@ -204,7 +211,9 @@ def tumor_threshold(meta: dict, override: float | None = None) -> tuple[float, s
 @dataclass
 class Prediction:
     """One scan's Class-Seg result. ``probabilities`` (K,) float32 softmax; ``mask`` (H, W) bool at the scan's
-    original size, or None when the scan was not segmented (not tumour, or no segmenter)."""
+    original size, or None when the scan was not segmented (not tumour, or no segmenter); with it its
+    ``mask_area_px`` and ``bbox`` (``[x0, y0, x1, y1]`` half-open, None for an empty mask), measured on the
+    device."""
 
     label: int
     label_name: str
@@ -212,14 +221,8 @@ class Prediction:
     tumor_probability: float
     tumor: bool
     mask: np.ndarray | None = None
-
-
-def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """A uint8 scan with the channel count a model expects: grayscale models get the channel mean of a
-    3-channel scan (the LGG stack, RGB exports); 3-channel models replicate grayscale (in preprocessing)."""
-    if channels == 1 and image.ndim == 3:
-        return np.rint(image.mean(axis=2)).astype(np.uint8)
-    return image
+    mask_area_px: int | None = None
+    bbox: list[int] | None = None
 
 
 class ClassSegPredictor:
@@ -256,8 +259,6 @@ class ClassSegPredictor:
         for artifact in (classifier, segmenter):
             if artifact is not None:
                 artifact.model.eval().to(self.device, memory_format=self._memory_format)
-        self._classifier_channels = int(classifier.meta["input"]["channels"])
-        self._segmenter_channels = int(segmenter.meta["input"]["channels"]) if segmenter is not None else None
 
     @classmethod
     def load(cls, classifier_uri: str, segmenter_uri: str | None = None, *, s3_cfg: Any = None,
@@ -280,34 +281,49 @@ class ClassSegPredictor:
     def segmenter_id(self) -> str | None:
         return self.segmenter.model_id if self.segmenter is not None else None
 
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A decoded scan as stored (any dtype, (H, W) or (H, W, 3)) -> (canonical uint8 scan, classifier input
-        float32 (C, size, size)). Thread-safe (numpy/PIL only): the task runs it in its loader threads."""
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A decoded scan as stored (any dtype, (H, W) or (H, W, 3)) -> the canonical uint8 scan the models take
+        (:func:`classeg.imaging.to_uint8`). Thread-safe (numpy only): the task runs it in its loader threads;
+        resizing and normalising happen on the device, per batch (:meth:`predict`)."""
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3) or min(image.shape[:2]) < 1:
             raise imaging.DecodeError("bad_structure", f"decoded array of shape {image.shape} is not a 2-D scan")
-        canonical = imaging.to_uint8(image)
-        return canonical, self.classifier.preprocess(_match_channels(canonical, self._classifier_channels))
+        return imaging.to_uint8(image)
 
-    def _forward(self, model, batch: np.ndarray):
+    def _inputs(self, artifact, scans: Sequence[np.ndarray]):
+        from classeg.scoring.device import model_inputs
+
+        return model_inputs(scans, artifact.meta["input"], self.device, memory_format=self._memory_format)
+
+    def _forward(self, model, inputs):
         import torch
 
-        inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        inputs = inputs.contiguous(memory_format=self._memory_format)
         with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
             return model(inputs).float()
 
-    def predict(self, scans: Sequence[np.ndarray], inputs: Sequence[np.ndarray] | None = None) -> list[Prediction]:
-        """Class-Seg on one batch. ``scans``: canonical uint8 scans (H, W) or (H, W, 3), any sizes;
-        ``inputs``: their classifier inputs from :meth:`prepare` (computed here when None).
-        Returns one :class:`Prediction` per scan, in order."""
+    def _sync(self) -> None:
+        """Wait for the device (CUDA runs asynchronously), so that each stage's time is its own."""
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def predict(self, scans: Sequence[np.ndarray], *, stages: StageTimes | None = None) -> list[Prediction]:
+        """Class-Seg on one batch of canonical uint8 scans (H, W) or (H, W, 3) of any sizes (:meth:`prepare`):
+        both models' inputs are made on the device, the classifier runs on all, the segmenter on the tumour
+        scans. Returns one :class:`Prediction` per scan, in order. ``stages``: where the time goes
+        (preprocess, classify, segment)."""
         import torch
 
         if not len(scans):
             return []
-        if inputs is None:
-            inputs = [self.prepare(scan)[1] for scan in scans]
-        logits = self._forward(self.classifier.model, np.stack(inputs))
-        probabilities = torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32)
+        stages = stages if stages is not None else StageTimes()
+        with stages.timed("preprocess"), torch.inference_mode():
+            inputs = self._inputs(self.classifier, scans)
+            self._sync()
+        with stages.timed("classify"):
+            logits = self._forward(self.classifier.model, inputs)
+            probabilities = torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32)
+        del inputs
         tumor_probability = probabilities[:, self.tumor_indices].sum(axis=1)
         is_tumor = tumor_probability >= self.tumor_threshold
         labels = probabilities.argmax(axis=1)
@@ -316,27 +332,31 @@ class ClassSegPredictor:
                                   tumor=bool(is_tumor[i])) for i in range(len(scans))]
         positives = np.flatnonzero(is_tumor)
         if self.segmenter is not None and positives.size:
-            for index, mask in zip(positives, self.segment([scans[i] for i in positives])):
-                predictions[index].mask = mask
+            found = self._segment([scans[i] for i in positives], stages)
+            for k, index in enumerate(positives):
+                predictions[index].mask = found.masks[k]
+                predictions[index].mask_area_px = found.areas[k]
+                predictions[index].bbox = found.bboxes[k]
+        stages.batch(len(scans))
         return predictions
 
-    def segment(self, scans: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Tumour masks (H, W) bool at each canonical uint8 scan's own size: the segmenter's per-pixel
-        probabilities, resized bilinearly to the scan's size, ``>= mask_threshold``."""
+    def _segment(self, scans: Sequence[np.ndarray], stages: StageTimes) -> DeviceMasks:
         import torch
-        import torch.nn.functional as F
+
+        from classeg.scoring.device import masks_at_sizes
 
         if self.segmenter is None:
             raise ValueError("this predictor has no segmenter")
-        batch = np.stack([self.segmenter.preprocess(_match_channels(scan, self._segmenter_channels))
-                          for scan in scans])
-        probabilities = torch.sigmoid(self._forward(self.segmenter.model, batch))[:, :1]
-        masks = []
-        for scan, probability in zip(scans, probabilities):
-            height, width = scan.shape[:2]
-            if probability.shape[-2:] != (height, width):
-                probability = F.interpolate(probability[None], size=(height, width), mode="bilinear",
-                                            align_corners=False)[0]
-            masks.append((probability[0] >= self.mask_threshold).cpu().numpy())
-        return masks
+        with stages.timed("preprocess"), torch.inference_mode():
+            inputs = self._inputs(self.segmenter, scans)
+            self._sync()
+        with stages.timed("segment"), torch.inference_mode():
+            probabilities = torch.sigmoid(self._forward(self.segmenter.model, inputs))[:, :1]
+            return masks_at_sizes(probabilities, [scan.shape[:2] for scan in scans], self.mask_threshold)
 
+    def segment(self, scans: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Tumour masks (H, W) bool at each canonical uint8 scan's own size: the segmenter's per-pixel
+        probabilities, resized bilinearly to the scan's size on the device, ``>= mask_threshold``."""
+        if not len(scans):
+            return []
+        return self._segment(scans, StageTimes()).masks

@@ -9,17 +9,18 @@ Two layers, as the style guide asks for pandas UDFs:
   task's device and torch threads, loads the models once per Python worker process (cached by URI, so with
   Spark's worker reuse once per executor core, not once per task) and streams the task's objects through.
 
-Per object: :func:`classeg.io.files.fetch` (retries with backoff inside), :func:`classeg.imaging.decode_file`
-(TIFF incl. LGG 3-channel stacks, JPEG, PNG, WebP, BMP, figshare ``.mat``; DICOM of every common transfer
-syntax, windowed to uint8 as a viewer shows it, one image per frame; NIfTI volumes, one image per axial slice),
-:func:`classeg.imaging.to_uint8`, then each model's own preprocessing from its model.json
-(:meth:`classeg.artifact.Artifact.preprocess`: resize + normalise). Fetching and decoding run in a small
-thread pool one batch ahead of the model, so I/O and decoding overlap inference.
-
-Per batch of ``batch_size`` images: one classifier forward pass; ``tumor_probability`` is the sum of the
+Per object, on the host (the pool's threads): :func:`classeg.io.files.fetch` (retries with backoff inside),
+:func:`classeg.imaging.decode_file` (TIFF incl. LGG 3-channel stacks, JPEG, PNG, WebP, BMP, figshare ``.mat``;
+DICOM of every common transfer syntax, windowed to uint8 as a viewer shows it, one image per frame; NIfTI
+volumes, one image per axial slice) and :func:`classeg.imaging.to_uint8`. The images go to the models in
+batches of ``batch_size`` images, cut across file boundaries (a 300-slice volume fills several batches; 32
+small files share one). Per batch, on the device (:meth:`ClassSegPredictor.predict`): each model's resize and
+normalisation from its model.json, one classifier forward pass; ``tumor_probability`` is the sum of the
 softmax probabilities of the classifier's tumour classes; ``tumor = tumor_probability >= tumor_threshold``;
-the segmenter runs on the tumour images only. Its per-pixel probabilities are resized (bilinear) back to the
-image's original size and thresholded at ``mask_threshold``.
+the segmenter runs on the tumour images only, its per-pixel probabilities resized (bilinear) back to each
+image's original size and thresholded at ``mask_threshold``. Back on the host the pool PNG-encodes the masks.
+Fetching and decoding run about two batches ahead of the models and encoding one behind, so the host's work
+overlaps the models'; the seconds of each stage are counted (:mod:`classeg.scoring.stages`).
 
 Row conventions (see :data:`classeg.scoring.table.SCORES_SCHEMA_DDL`):
 
@@ -47,10 +48,12 @@ pickled by reference into tasks.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,8 +67,9 @@ from classeg.errors import FetchError
 from classeg.io.files import fetch
 from classeg.io.s3 import client as s3_client
 from classeg.io.uri import parse_uri
-from classeg.scoring.predictor import ClassSegPredictor, Prediction, ScoreSettings, select_device, task_threads
 from classeg.decoded import ReadSettings
+from classeg.scoring.predictor import ClassSegPredictor, Prediction, ScoreSettings, select_device, task_threads
+from classeg.scoring.stages import StageTimes
 from classeg.scoring.table import IDENTITY_COLUMNS, OBJECT_KEY_COLUMNS, SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -74,109 +78,112 @@ __all__ = ["cached_predictor", "score_frame", "score_partition"]
 
 # ---------------------------------------------------------------------------------------------- loading scans
 
+
+@dataclass
+class _Image:
+    """One image of an object: its canonical uint8 scan, ``frame`` (None for a single-image file) and the
+    ``window`` that took it to uint8; its :class:`Prediction`, then its encoded row, once they exist."""
+
+    scan: np.ndarray
+    frame: int | None
+    window: Any = None
+    prediction: Prediction | None = None
+    row: dict | None = None
+
+
 @dataclass
 class _Loaded:
-    """A fetched and decoded object: its images (canonical uint8 scan + classifier input, frame, window) and
-    identity, or the reason it has none to score (``skipped``), or why it could not be read (``error``)."""
+    """A fetched and decoded object: its images and identity, or the reason it has none to score
+    (``skipped``), or why it could not be read (``error``)."""
 
-    scans: list = field(default_factory=list)
-    inputs: list = field(default_factory=list)
-    frames: list = field(default_factory=list)
-    windows: list = field(default_factory=list)
+    images: list[_Image] = field(default_factory=list)
     identity: dict | None = None
     skipped: str | None = None
     error: str | None = None
 
 
 def _load_scan(uri: str, key: str, *, prepare, read_settings: ReadSettings, s3_cfg, max_bytes: int | None,
-               client) -> _Loaded:
-    """Fetch, decode and prepare one object; every failure of the object itself becomes ``error``."""
+               client, stages: StageTimes) -> _Loaded:
+    """Fetch and decode one object to canonical uint8 images; every failure of the object itself becomes
+    ``error``."""
     from PIL import Image
 
     try:
-        data = fetch(uri, s3_cfg=s3_cfg, max_bytes=max_bytes, client=client)
+        with stages.timed("fetch"):
+            data = fetch(uri, s3_cfg=s3_cfg, max_bytes=max_bytes, client=client)
     except FetchError as err:
         return _Loaded(error=redact.scrub(err, uri, key))
     name = key or uri
     shown = redact.label(name)  # error texts name the object by its label (classeg.redact); the row has the URI
     try:
-        decoded = imaging.decode_file(data, name, read_settings)
-        loaded = _Loaded(identity=decoded.identity, skipped=decoded.skipped)
-        for image in decoded.images:
-            scan, inputs = prepare(image.pixels)
-            loaded.scans.append(scan)
-            loaded.inputs.append(inputs)
-            loaded.frames.append(image.frame)
-            loaded.windows.append(image.window)
+        with stages.timed("decode"):
+            decoded = imaging.decode_file(data, name, read_settings)
+            del data
+            images = [_Image(prepare(image.pixels), image.frame, image.window) for image in decoded.images]
+        return _Loaded(images=images, identity=decoded.identity, skipped=decoded.skipped)
     except imaging.DecodeError as err:
         return _Loaded(error=f"{err.reason}: {redact.scrub(err, uri, key)}")
     except Image.DecompressionBombError as err:
         return _Loaded(error=f"too_large: {shown}: {redact.scrub(err, uri, key)}")
-    except ValueError as err:  # preprocessing refused the decoded array (shape, channels)
+    except ValueError as err:  # the decoded array was refused (shape, channels)
         return _Loaded(error=f"bad_structure: {shown}: {redact.scrub(err, uri, key)}")
     except Exception as err:  # noqa: BLE001 - third-party decoders raise anything on hostile bytes; the file is
         # the problem, not the job: record it as data (with its type) and carry on, as STYLE.md asks. Only the
         # exception's type reaches the log: a decoder's message may quote header values.
         log.warning("decoding %s failed with %s", redact.label(uri), type(err).__name__)
         return _Loaded(error=f"undecodable: {shown}: {type(err).__name__}")
-    return loaded
 
 
-def _bbox(mask: np.ndarray) -> list[int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
-
+# ---------------------------------------------------------------------------------------------- rows
 
 _ROW_COLUMNS = SCORE_COLUMNS[len(OBJECT_KEY_COLUMNS):SCORE_COLUMNS.index("classifier_id")]
 
 
-def _prediction_row(row: dict, scan: np.ndarray, prediction: Prediction) -> None:
-    height, width = scan.shape[:2]
-    row.update(status="ok", label=prediction.label, label_name=prediction.label_name,
-               probabilities=prediction.probabilities, tumor_probability=prediction.tumor_probability,
-               tumor=prediction.tumor, height=int(height), width=int(width))
+def _image_row(identity: dict, image: _Image) -> dict:
+    """The ok row of one scored image (the mask PNG-encoded here, on the host)."""
+    prediction = image.prediction
+    height, width = image.scan.shape[:2]
+    row = {**identity, "frame": image.frame, "status": "ok", "label": prediction.label,
+           "label_name": prediction.label_name, "probabilities": prediction.probabilities,
+           "tumor_probability": prediction.tumor_probability, "tumor": prediction.tumor, "height": int(height),
+           "width": int(width)}
+    if image.window is not None:
+        row.update(window_source=image.window.source, window_low=image.window.low, window_high=image.window.high)
     if prediction.mask is not None:
-        area = int(prediction.mask.sum())
-        row.update(mask=imaging.encode_png(prediction.mask), mask_area_px=area,
-                   mask_fraction=area / float(height * width), bbox=_bbox(prediction.mask))
+        row.update(mask=imaging.encode_png(prediction.mask), mask_area_px=prediction.mask_area_px,
+                   mask_fraction=prediction.mask_area_px / float(height * width), bbox=prediction.bbox)
+    return row
 
 
-def _object_rows(item: _Loaded, predictions: Sequence[Prediction]) -> list[dict]:
-    """The rows of one object: one per image (ok), or one ``skipped`` or ``error`` row."""
-    identity = {name: (item.identity or {}).get(name) for name in IDENTITY_COLUMNS}
-    if item.error is not None or (item.skipped is None and not predictions):
-        return [{**identity, "status": "error", "error": item.error or "undecodable: no images in the file"}]
-    if item.skipped is not None:
-        return [{**identity, "status": "skipped", "error": item.skipped}]
-    rows = []
-    for scan, frame, window, prediction in zip(item.scans, item.frames, item.windows, predictions):
-        row = {**identity, "frame": frame}
-        if window is not None:
-            row.update(window_source=window.source, window_low=window.low, window_high=window.high)
-        _prediction_row(row, scan, prediction)
-        rows.append(row)
-    return rows
+def _identity(loaded: _Loaded) -> dict:
+    return {name: (loaded.identity or {}).get(name) for name in IDENTITY_COLUMNS}
 
 
-def _rows(objects: pd.DataFrame, loaded: Sequence[_Loaded], predictions: Mapping[int, list[Prediction]],
-          classifier_id: str, segmenter_id: str | None) -> pd.DataFrame:
-    """Scores-table rows (SCORE_COLUMNS) for one batch of objects: each object's rows, in order."""
+def _object_rows(loaded: _Loaded) -> list[dict]:
+    """The rows of one object: one per image (ok, encoded by then), or one ``skipped`` or ``error`` row."""
+    identity = _identity(loaded)
+    if loaded.error is not None or (loaded.skipped is None and not loaded.images):
+        return [{**identity, "status": "error", "error": loaded.error or "undecodable: no images in the file"}]
+    if loaded.skipped is not None:
+        return [{**identity, "status": "skipped", "error": loaded.skipped}]
+    return [image.row for image in loaded.images]
+
+
+def _rows(objects: Sequence["_Object"], classifier_id: str, segmenter_id: str | None) -> pd.DataFrame:
+    """Scores-table rows (SCORE_COLUMNS) of finished objects: each object's rows, in order."""
     owners, columns = [], {name: [] for name in _ROW_COLUMNS}
-    for i, item in enumerate(loaded):
-        for row in _object_rows(item, predictions.get(i, [])):
-            owners.append(i)
+    for item in objects:
+        for row in _object_rows(item.loaded):
+            owners.append(item.meta)
             for name in _ROW_COLUMNS:
                 columns[name].append(row.get(name))
     frame = pd.DataFrame({
-        "source_uri": objects["uri"].to_numpy(dtype=object)[owners],
-        "key": objects["key"].to_numpy(dtype=object)[owners],
-        "etag": objects["etag"].to_numpy(dtype=object)[owners],
-        "size": objects["size"].to_numpy(dtype="int64")[owners],
-        "mtime": pd.to_datetime(objects["mtime"].to_numpy(dtype="float64")[owners], unit="s", utc=True),
-        "version": objects["version"].to_numpy(dtype=object)[owners],
+        "source_uri": pd.Series([meta["uri"] for meta in owners], dtype=object),
+        "key": pd.Series([meta["key"] for meta in owners], dtype=object),
+        "etag": pd.Series([meta["etag"] for meta in owners], dtype=object),
+        "size": np.array([meta["size"] for meta in owners], dtype="int64"),
+        "mtime": pd.to_datetime(np.array([meta["mtime"] for meta in owners], dtype="float64"), unit="s", utc=True),
+        "version": pd.Series([meta["version"] for meta in owners], dtype=object),
     })
     for name, values in columns.items():
         frame[name] = pd.Series(values, dtype=object, index=frame.index)
@@ -188,36 +195,107 @@ def _rows(objects: pd.DataFrame, loaded: Sequence[_Loaded], predictions: Mapping
     return frame[list(SCORE_COLUMNS)]
 
 
-def _predict(predictor: ClassSegPredictor, loaded: Sequence[_Loaded], batch_size: int) -> dict[int, list]:
-    """Each object's predictions (object index -> one per image), in model batches of ``batch_size`` images
-    (a multi-frame file spreads over several batches)."""
-    images = [(i, k) for i, item in enumerate(loaded) if item.error is None for k in range(len(item.scans))]
-    found: dict[int, list] = {}
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        scans = [loaded[i].scans[k] for i, k in chunk]
-        inputs = [loaded[i].inputs[k] for i, k in chunk]
-        for (i, _), prediction in zip(chunk, predictor.predict(scans, inputs)):
-            found.setdefault(i, []).append(prediction)
-    return found
+# ---------------------------------------------------------------------------------------------- the stream
+
+@dataclass
+class _Object:
+    """An archive object on its way through a task: its listing ``meta``, the loader's ``future`` until it is
+    collected, then ``loaded``; ``unscored`` images still to go through the models and the ``encoding``
+    futures that encode its images' rows."""
+
+    meta: dict
+    future: Future | None
+    loaded: _Loaded | None = None
+    unscored: int = 0
+    encoding: list = field(default_factory=list)
+
+    def finished(self, wait: bool) -> bool:
+        if self.loaded is None or self.unscored:
+            return False
+        if not wait and not all(future.done() for future in self.encoding):
+            return False
+        for future in self.encoding:
+            future.result()  # re-raises a failed encode
+        return True
 
 
-def _rebatch(frames: Iterable[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
-    """Re-cut a stream of DataFrames into DataFrames of ``size`` rows (the last may be shorter)."""
-    buffer: list[pd.DataFrame] = []
-    held = 0
-    for frame in frames:
-        start = 0
-        while start < len(frame):
-            take = min(size - held, len(frame) - start)
-            buffer.append(frame.iloc[start:start + take])
-            held += take
-            start += take
-            if held == size:
-                yield pd.concat(buffer, ignore_index=True)
-                buffer, held = [], 0
-    if held:
-        yield pd.concat(buffer, ignore_index=True)
+class _Pipeline:
+    """Objects in, finished objects out, with the models fed batches of exactly ``batch_size`` images (the last
+    may be shorter) cut across file boundaries: a volume's slices spread over as many batches as they fill,
+    and small files share one. The pool fetches and decodes ahead while the models run, and PNG-encodes the
+    masks of each batch after it; the look-ahead stops at about two batches of decoded images (estimated from
+    the images per object seen so far), so memory does not grow with the number of objects."""
+
+    def __init__(self, predictor: ClassSegPredictor, pool: ThreadPoolExecutor, load, *, batch_size: int,
+                 stages: StageTimes):
+        self.predictor, self.pool, self.load = predictor, pool, load
+        self.batch_size, self.stages = batch_size, stages
+        self.loading: deque[_Object] = deque()   # submitted, not yet collected (input order)
+        self.waiting: deque[_Object] = deque()   # not yet finished (input order)
+        self.queue: deque[tuple[_Object, _Image]] = deque()  # decoded images waiting for the models
+        self.collected = self.images_seen = 0
+
+    def ahead(self) -> float:
+        per_object = self.images_seen / self.collected if self.collected else 1.0
+        return len(self.queue) + len(self.loading) * max(1.0, per_object)
+
+    def submit(self, meta: dict) -> None:
+        item = _Object(meta=meta, future=self.pool.submit(self.load, meta["uri"], meta["key"]))
+        self.loading.append(item)
+        self.waiting.append(item)
+
+    def collect(self) -> None:
+        """Take the oldest loaded object (waiting for it) and queue its images."""
+        item = self.loading.popleft()
+        item.loaded, item.future = item.future.result(), None
+        self.collected += 1
+        if item.loaded.error is None and item.loaded.skipped is None:
+            item.unscored = len(item.loaded.images)
+            self.images_seen += item.unscored
+            self.queue.extend((item, image) for image in item.loaded.images)
+
+    def run_batch(self) -> None:
+        chunk = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
+        predictions = self.predictor.predict([image.scan for _, image in chunk], stages=self.stages)
+        for (item, image), prediction in zip(chunk, predictions):
+            image.prediction = prediction
+            item.unscored -= 1
+        encoding = self.pool.submit(self._encode, chunk)
+        for item in {id(item): item for item, _ in chunk}.values():
+            item.encoding.append(encoding)
+
+    def _encode(self, chunk: list[tuple[_Object, _Image]]) -> None:
+        with self.stages.timed("encode"):
+            for item, image in chunk:
+                image.row = _image_row(_identity(item.loaded), image)
+
+    def finished(self, wait: bool = False) -> list[_Object]:
+        done = []
+        while self.waiting and self.waiting[0].finished(wait):
+            done.append(self.waiting.popleft())
+        return done
+
+    def run(self, metas: Iterator[dict]) -> Iterator[list[_Object]]:
+        """Lists of finished objects, in input order."""
+        exhausted = False
+        while True:
+            while not exhausted and self.ahead() < 2 * self.batch_size:
+                meta = next(metas, None)
+                exhausted = meta is None
+                if meta is not None:
+                    self.submit(meta)
+            if len(self.queue) >= self.batch_size or (self.queue and not self.loading):
+                self.run_batch()
+            elif self.loading:
+                self.collect()
+            else:
+                break
+            done = self.finished()
+            if done:
+                yield done
+        done = self.finished(wait=True)
+        if done:
+            yield done
 
 
 def _check_objects(objects: pd.DataFrame) -> None:
@@ -227,51 +305,64 @@ def _check_objects(objects: pd.DataFrame) -> None:
                          f"{list(OBJECT_COLUMNS)}); got {list(objects.columns)}")
 
 
+def _metas(frames: Iterable[pd.DataFrame]) -> Iterator[dict]:
+    for objects in frames:
+        _check_objects(objects)
+        yield from objects[list(OBJECT_COLUMNS)].to_dict("records")
+
+
 def _score_stream(frames: Iterable[pd.DataFrame], predictor: ClassSegPredictor, *, batch_size: int,
-                  s3_cfg: Any, max_bytes: int | None, fetch_threads: int,
-                  read_settings: ReadSettings) -> Iterator[pd.DataFrame]:
-    """The shared loop of :func:`score_frame` and :func:`score_partition`: objects in, rows out, one
-    DataFrame per batch. Batch k+1 is fetched and decoded by the thread pool while batch k is in the model,
-    so at most two batches of decoded scans are held (memory is flat in the number of objects)."""
-    load = None
+                  s3_cfg: Any, max_bytes: int | None, fetch_threads: int, read_settings: ReadSettings,
+                  stages: StageTimes) -> Iterator[pd.DataFrame]:
+    """The shared loop of :func:`score_frame` and :func:`score_partition`: objects in, rows out, in order, one
+    DataFrame per at least ``batch_size`` rows (:class:`_Pipeline`). The time spent handing each DataFrame on
+    is the ``write`` stage."""
+    metas = _metas(frames)
+    first = next(metas, None)
+    if first is None:
+        return
+    # One client per task (its connection pool is shared by the loader threads); local archives need none.
+    client = s3_client(s3_cfg) if parse_uri(first["uri"]).scheme == "s3" else None
+    load = functools.partial(_load_scan, prepare=predictor.prepare, read_settings=read_settings, s3_cfg=s3_cfg,
+                             max_bytes=max_bytes, client=client, stages=stages)
+
+    def hand_on(finished: list[_Object]) -> Iterator[pd.DataFrame]:
+        with stages.timed("encode"):
+            frame = _rows(finished, predictor.classifier_id, predictor.segmenter_id)
+        handed = time.perf_counter()
+        yield frame
+        stages.add("write", time.perf_counter() - handed)
+
+    ready: list[_Object] = []
+    rows = 0
     with ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="classeg-fetch") as pool:
-        queue: deque[tuple[pd.DataFrame, list[Future]]] = deque()
-
-        def drain(limit: int) -> Iterator[pd.DataFrame]:
-            while len(queue) > limit:
-                objects, futures = queue.popleft()
-                loaded = [future.result() for future in futures]
-                predictions = _predict(predictor, loaded, batch_size)
-                yield _rows(objects, loaded, predictions, predictor.classifier_id, predictor.segmenter_id)
-
-        for objects in _rebatch(frames, batch_size):
-            _check_objects(objects)
-            if load is None:
-                # One client per task (its connection pool is shared by the loader threads); local archives
-                # need none. Built lazily: a task without objects makes no client.
-                client = s3_client(s3_cfg) if parse_uri(objects["uri"].iloc[0]).scheme == "s3" else None
-                load = functools.partial(_load_scan, prepare=predictor.prepare, read_settings=read_settings,
-                                         s3_cfg=s3_cfg, max_bytes=max_bytes, client=client)
-            queue.append((objects, [pool.submit(load, uri, key) for uri, key in
-                                    zip(objects["uri"].tolist(), objects["key"].tolist())]))
-            yield from drain(1)
-        yield from drain(0)
+        pipeline = _Pipeline(predictor, pool, load, batch_size=batch_size, stages=stages)
+        for done in pipeline.run(itertools.chain([first], metas)):
+            ready.extend(done)
+            rows += sum(len(item.loaded.images) or 1 for item in done)
+            if rows >= batch_size:
+                yield from hand_on(ready)
+                ready, rows = [], 0
+    if ready:
+        yield from hand_on(ready)
 
 
 def score_frame(objects: pd.DataFrame, predictor: ClassSegPredictor, *, batch_size: int = 32, s3_cfg: Any = None,
                 max_bytes: int | None = 64 * 2**20, fetch_threads: int = 4,
-                read_settings: ReadSettings | None = None) -> pd.DataFrame:
+                read_settings: ReadSettings | None = None, stages: StageTimes | None = None) -> pd.DataFrame:
     """Score archive objects without Spark: the rows (:data:`SCORE_COLUMNS`) of each row of ``objects``
     (columns of :func:`classeg.archive.objects_frame`), in order: one per image (one per frame or slice of a
     multi-image file). Objects that cannot be fetched or decoded become ``error`` rows, objects without images
     to score (``read_settings``: DICOM modalities, patient key secret) ``skipped`` rows; nothing is dropped.
-    ``s3_cfg``: the ``s3`` config section for ``s3://`` objects."""
+    ``s3_cfg``: the ``s3`` config section for ``s3://`` objects. ``stages``: a
+    :class:`~classeg.scoring.stages.StageTimes` that gets the seconds per stage and the batch counts."""
     _check_objects(objects)
     if objects.empty:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in SCORE_COLUMNS})
     parts = list(_score_stream([objects.reset_index(drop=True)], predictor, batch_size=batch_size, s3_cfg=s3_cfg,
                                max_bytes=max_bytes, fetch_threads=fetch_threads,
-                               read_settings=read_settings or ReadSettings()))
+                               read_settings=read_settings or ReadSettings(),
+                               stages=stages if stages is not None else StageTimes()))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -301,12 +392,14 @@ def cached_predictor(settings: ScoreSettings, device: str) -> ClassSegPredictor:
     return predictor
 
 
-def score_partition(frames: Iterator[pd.DataFrame], settings: ScoreSettings,
+def score_partition(frames: Iterator[pd.DataFrame], settings: ScoreSettings, stages=None,
                     redaction: redact.KeyRedaction | None = None) -> Iterator[pd.DataFrame]:
     """``mapInPandas`` function (bind ``settings`` with functools.partial): the task's objects in, scores rows
     (:data:`SCORES_SCHEMA_DDL`) out. Sets torch's threads to the task's CPUs (or ``settings.torch_threads``),
-    picks the task's device (:func:`select_device`) and reuses the process's cached models. ``redaction``: the
-    driver's :mod:`classeg.redact` policy, made this worker's (None: keep the worker's)."""
+    picks the task's device (:func:`select_device`) and reuses the process's cached models. ``stages``: a
+    Spark accumulator (:func:`classeg.scoring.stages.stage_accumulator`) that gets the task's seconds per
+    stage and batch counts when its objects are done. ``redaction``: the driver's :mod:`classeg.redact` policy,
+    made this worker's (None: keep the worker's)."""
     import torch
 
     redact.activate(redaction)
@@ -316,6 +409,9 @@ def score_partition(frames: Iterator[pd.DataFrame], settings: ScoreSettings,
         torch.set_num_threads(threads)
     device = select_device(settings.device)
     predictor = cached_predictor(settings, device)
+    times = StageTimes()
     yield from _score_stream(frames, predictor, batch_size=settings.batch_size, s3_cfg=settings.s3,
                              max_bytes=settings.max_bytes, fetch_threads=settings.fetch_threads,
-                             read_settings=settings.read_settings)
+                             read_settings=settings.read_settings, stages=times)
+    if stages is not None:
+        stages.add(times.as_dict())
