@@ -324,6 +324,9 @@ def _validate(data: dict[str, Any]) -> None:
         section, name = key.split(".")
         if data[section][name] < 1:
             raise ConfigError(f"{key} must be at least 1, got {data[section][name]!r}")
+    if data["train"]["checkpoint_every_steps"] < 0:
+        raise ConfigError("train.checkpoint_every_steps must be 0 (off) or a number of optimiser steps, got "
+                          f"{data['train']['checkpoint_every_steps']!r}")
     if data["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be positive, got {data['train']['lr']!r}")
     target = data["train"]["target_sensitivity"]

@@ -135,6 +135,7 @@ class TrainSection(Section):
     loss: Literal["focal_tversky", "dice", "bce_dice"]
     run_id: str | None  # null: a new id; an existing one resumes
     max_restarts: int  # relaunches from last.pt after a failed launch
+    checkpoint_every_steps: int  # last.pt also every N optimiser steps within an epoch; 0: at epoch ends only
     seed: int
     cache_dir: str | None  # Petastorm cache (file or hdfs, never s3); null: classeg.training.job.cache_location's rule
     threads_per_proc: int

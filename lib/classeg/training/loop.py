@@ -15,9 +15,11 @@ Per epoch: seed every generator from (seed, epoch, rank); read exactly ``micro_s
 rank's shard (the same count on every rank); optimizer steps every ``grad_accum_steps`` batches with the
 learning rate from `LRSchedule`; average BatchNorm statistics over ranks; validate every rank's shard and
 merge the meters' state vectors with one allreduce; rank 0 logs, checkpoints ``last.pt`` (and ``best.pt``
-when the monitored metric improved). At the end the best weights are tested on the test split the same way,
-a classifier's validation scores are gathered for its operating point, and rank 0 writes the model
-artifact, ``metrics.json``, figures and ``result.json``.
+when the monitored metric improved). With ``train.checkpoint_every_steps`` N > 0, ``last.pt`` is also written
+every N optimizer steps within an epoch; a run resumed from such a checkpoint reads that epoch's batches from the
+start, trains only those after it, and ends with the weights of an uninterrupted run (on CPU). At the end the
+best weights are tested on the test split the same way, a classifier's validation scores are gathered for its
+operating point, and rank 0 writes the model artifact, ``metrics.json``, figures and ``result.json``.
 """
 from __future__ import annotations
 
@@ -280,6 +282,8 @@ class RankContext:
     started: float
     settings: DeviceSettings  # autocast, memory format, cudnn, compile (classeg.training.accel)
     scan_keys: dict[str, set] = field(default_factory=dict)  # record_shards: scan keys each split's pass read
+    # From a last.pt written within an epoch (`setup`): where this rank's epoch resumes; used once.
+    resume_within: dict | None = None
 
     @property
     def use_amp(self) -> bool:
@@ -417,10 +421,16 @@ def setup(plan: TrainPlan, coll: Collectives) -> tuple[RankContext, TrainState]:
         # After wrapping: Horovod's DistributedOptimizer is a new optimizer over the same parameter groups.
         optimizer.load_state_dict(checkpoint["optimizer"])
         coll.broadcast_optimizer_state(optimizer)
+    resume_within = None if checkpoint is None else checkpoints.resume_within_epoch(
+        checkpoint, model=model, rank=rank, size=coll.size, micro_steps=micro_steps, uri=plan.last_uri)
+    if resume_within is not None and rank == 0:
+        log.info("resuming epoch %d after %d of its %d micro-batches (step %d)", state.epoch + 1, state.micro,
+                 micro_steps, state.step)
     ctx = RankContext(plan=plan, coll=coll, device=device, model=model, train_model=train_model,
                       optimizer=optimizer, scaler=accel.grad_scaler(settings), schedule=schedule,
                       loss_fn=build_loss(plan.model, device), micro_steps=micro_steps, monitor=monitor,
-                      higher_is_better=higher_is_better, started=started, settings=settings)
+                      higher_is_better=higher_is_better, started=started, settings=settings,
+                      resume_within=resume_within)
     return ctx, state
 
 
@@ -435,9 +445,18 @@ def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[fl
     recipe = plan.recipe
     accum = recipe.grad_accum_steps
     seed_everything(recipe.seed, rank=coll.rank, epoch=epoch)
+    within, ctx.resume_within = ctx.resume_within, None
+    if within is not None:  # resumed within this epoch: the generators as they were after its micro-batch
+        checkpoints.set_rng_state(within["rng"])
+    first = within["micro"] if within is not None else 0
+    every = recipe.checkpoint_every_steps
     ctx.model.train()
     started = time.time()
     loss_sum, seen = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
+    if within is not None:
+        loss_sum += within["loss_sum"]
+        seen = within["seen"]
+    resumed_seen = seen
     keys = set() if recipe.record_shards and "train" not in ctx.scan_keys else None
     progress = EpochProgress(rank0=coll.rank == 0, total=ctx.micro_steps, epoch=epoch, epochs=recipe.epochs)
     with contextlib.closing(_train_batches(plan, rank=coll.rank, size=coll.size, epoch=epoch,
@@ -445,6 +464,8 @@ def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[fl
         for micro, batch in enumerate(batches):
             if keys is not None:
                 keys.update(int(k) for k in batch["scan_key"])
+            if micro < first:
+                continue  # trained before the restart (the epoch's batch order depends on the seed alone)
             images, target = ctx.inputs(batch, split="train", epoch=epoch)
             last_micro = (micro + 1) % accum == 0
             if micro % accum == 0:
@@ -456,13 +477,16 @@ def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[fl
             loss_sum += loss.double() * images.shape[0]
             seen += images.shape[0]
             progress.update(micro, lambda: float(loss_sum) / seen,
-                            images_per_sec=seen * coll.size / max(time.time() - started, 1e-9))
+                            images_per_sec=(seen - resumed_seen) * coll.size / max(time.time() - started, 1e-9))
+            if last_micro and every and state.step % every == 0 and micro + 1 < ctx.micro_steps:
+                state.micro = micro + 1
+                save_checkpoint(ctx, state, improved=False, within_epoch={"loss_sum": float(loss_sum), "seen": seen})
     progress.close()
     if keys is not None:
         ctx.scan_keys["train"] = keys
     seconds = time.time() - started
-    totals = coll.allreduce_sum(np.array([float(loss_sum), seen], dtype=np.float64))
-    return float(totals[0] / max(totals[1], 1)), float(totals[1] / max(seconds, 1e-9))
+    totals = coll.allreduce_sum(np.array([float(loss_sum), seen, seen - resumed_seen], dtype=np.float64))
+    return float(totals[0] / max(totals[1], 1)), float(totals[2] / max(seconds, 1e-9))
 
 
 def validate(ctx: RankContext, split: str, *, epoch: int = 0, **collect):
@@ -482,11 +506,19 @@ def validate(ctx: RankContext, split: str, *, epoch: int = 0, **collect):
     return _merged(coll, meter)
 
 
-def save_checkpoint(ctx: RankContext, state: TrainState, *, improved: bool) -> None:
+def save_checkpoint(ctx: RankContext, state: TrainState, *, improved: bool,
+                    within_epoch: dict | None = None) -> None:
     """Rank 0 writes ``last.pt`` (the state, model, optimizer, schedule and every rank's generator states)
-    and, when the epoch ``improved`` on the best, ``best.pt``. Every rank must call it (one allgather)."""
+    and, when the epoch ``improved`` on the best, ``best.pt``. Every rank must call it (one allgather; two
+    within an epoch). ``within_epoch``: this rank's ``loss_sum`` and ``seen`` of the epoch so far, for a
+    checkpoint after ``state.micro`` micro-batches of epoch ``state.epoch + 1``; with every rank's buffers,
+    they go into ``last.pt`` (`classeg.training.checkpoints`)."""
     plan, coll = ctx.plan, ctx.coll
     rng_states = coll.allgather_object(checkpoints.rng_state())  # distributed: every rank's generators
+    extra = {}
+    if within_epoch is not None:  # distributed: every rank's epoch so far and its own BatchNorm statistics
+        extra = {"micro_steps": ctx.micro_steps,
+                 "within_epoch": coll.allgather_object(checkpoints.rank_progress(ctx.model, **within_epoch))}
     if coll.rank != 0:
         return
     weights = {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}
@@ -497,7 +529,7 @@ def save_checkpoint(ctx: RankContext, state: TrainState, *, improved: bool) -> N
                          s3_cfg=plan.s3)
     checkpoints.save(plan.last_uri, {**common, **state.to_checkpoint(), "optimizer": ctx.optimizer.state_dict(),
                                      "schedule": ctx.schedule.state_dict(), "world_size": coll.size,
-                                     "rng": rng_states}, s3_cfg=plan.s3)
+                                     "rng": rng_states, **extra}, s3_cfg=plan.s3)
 
 
 def finish(ctx: RankContext, state: TrainState) -> dict | None:

@@ -135,6 +135,7 @@ def write_outputs(ctx: RankContext, state: TrainState, evaluation: Evaluation) -
         write_bytes(join(latest, name), read_bytes(join(artifact_uri, name), s3_cfg=s3_cfg), s3_cfg=s3_cfg)
     result = {"run_id": plan.run_id, "task": plan.task, "artifact": artifact_uri, "latest_artifact": latest,
               "model_id": meta["model_id"], "resumed": plan.resume, "start_epoch": state.start_epoch + 1,
+              "start_step": state.start_step,
               "epochs_completed": state.history[-1]["epoch"] if state.history else 0,
               "best_epoch": state.best_epoch, "monitor": ctx.monitor, "best_value": state.best,
               "stopped_early": state.stopped_early, "history": state.history, "test": test,

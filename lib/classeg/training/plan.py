@@ -95,6 +95,7 @@ class Recipe:
     warmup_epochs: int
     monitor: str
     early_stopping_patience: int
+    checkpoint_every_steps: int
     augment: bool
     threads_per_proc: int
     loader_threads: int
