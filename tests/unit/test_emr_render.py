@@ -99,7 +99,11 @@ def test_cluster_request_gpu_settings():
     assert spark["spark.executor.instances"] == "2"
     assert "spark.task.resource.gpu.amount" not in spark  # per step
     assert conf["spark-env"]["Configurations"] == [
-        {"Classification": "export", "Properties": {"PYSPARK_PYTHON": "/opt/classeg/venv/bin/python"}}]
+        {"Classification": "export", "Properties": {"PYSPARK_PYTHON": "/opt/classeg/venv/bin/python",
+                                                    "ARROW_LIBHDFS_DIR": "/usr/lib/hadoop/lib/native"}}]
+    # pyarrow's libhdfs, for an hdfs:// training cache, on the executors and a cluster-mode driver too
+    assert spark["spark.executorEnv.ARROW_LIBHDFS_DIR"] == spark["spark.yarn.appMasterEnv.ARROW_LIBHDFS_DIR"] == \
+        "/usr/lib/hadoop/lib/native"
     yarn = conf["yarn-site"]["Properties"]
     assert yarn["yarn.nodemanager.resource-plugins"] == "yarn.io/gpu"
     assert yarn["yarn.resource-types"] == "yarn.io/gpu"

@@ -3,6 +3,8 @@ the cache reader (shards, order, threads, row-count check, bad values), and `cla
 against the numpy augmentation it batches (same draws, same geometry, same intensity change)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -312,3 +314,30 @@ def test_the_cache_path_augments_each_scan_as_decode_example_does(tmp_path, task
         assert np.abs(got_image - image).mean() < 0.01 * unit, row["scan_id"]
         assert np.abs(image - plain).mean() > 0.02 * unit  # the draw changed the scan (the check can fail)
         np.testing.assert_array_equal(got_mask, mask)
+
+
+def test_hadoop_classpath_is_set_from_the_hadoop_command(tmp_path, monkeypatch):
+    """pyarrow.fs's libhdfs client needs the Hadoop jars on CLASSPATH; classeg fills it from
+    `hadoop classpath --glob` as the legacy pyarrow.hdfs client does (here a stand-in `hadoop` script)."""
+    from classeg.training.cache import ensure_hadoop_classpath
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "hadoop"
+    script.write_text('#!/bin/sh\n[ "$1 $2" = "classpath --glob" ] && echo /usr/lib/hadoop/hadoop-common.jar:/x.jar\n')
+    script.chmod(0o755)
+    monkeypatch.delenv("HADOOP_HOME", raising=False)
+    monkeypatch.delenv("CLASSPATH", raising=False)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    ensure_hadoop_classpath()
+    assert os.environ["CLASSPATH"] == "/usr/lib/hadoop/hadoop-common.jar:/x.jar"
+    monkeypatch.setenv("CLASSPATH", "/opt/hadoop/share/a.jar")  # already there: kept
+    ensure_hadoop_classpath()
+    assert os.environ["CLASSPATH"] == "/opt/hadoop/share/a.jar"
+    monkeypatch.delenv("CLASSPATH")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no hadoop command: nothing set
+    ensure_hadoop_classpath()
+    assert "CLASSPATH" not in os.environ
+    monkeypatch.setenv("HADOOP_HOME", str(tmp_path))  # $HADOOP_HOME/bin/hadoop wins
+    ensure_hadoop_classpath()
+    assert os.environ["CLASSPATH"].startswith("/usr/lib/hadoop/")

@@ -1,6 +1,6 @@
 """Distributed training: the driver checks the request and builds a `plan.TrainPlan` (`job`); one per-rank
 loop (`loop.train_rank`) launched by Horovod-on-Spark or Spark's TorchDistributor (`engines`), talking through
-`collectives`, reading Petastorm shards (`data`, `shards`), resumable through `checkpoints` (`TrainState`);
+`collectives`, reading its shard of the decoded cache (`data`, `cache`), resumable through `checkpoints` (`TrainState`);
 rank 0 writes the artifact, metrics and the classifier's operating point (`outputs`); `evaluate` re-scores an
 artifact on any scan table.
 

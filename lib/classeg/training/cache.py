@@ -172,7 +172,29 @@ def filesystem_of(url: str):
         return None, url
     from pyarrow import fs
 
+    if url.startswith(("hdfs://", "viewfs://")):
+        ensure_hadoop_classpath()
     return fs.FileSystem.from_uri(url)
+
+
+def ensure_hadoop_classpath() -> None:
+    """Put the Hadoop jars on ``CLASSPATH`` for pyarrow's libhdfs client when they are not there yet, as the
+    legacy ``pyarrow.hdfs`` client (what Petastorm opens ``hdfs://`` with) does and ``pyarrow.fs`` does not:
+    ``$HADOOP_HOME/bin/hadoop classpath --glob``, else ``hadoop classpath --glob`` from PATH. Without a
+    ``hadoop`` command nothing changes and libhdfs reports what it lacks."""
+    import os
+    import shutil
+    import subprocess
+
+    if "hadoop" in os.environ.get("CLASSPATH", ""):
+        return
+    home = os.environ.get("HADOOP_HOME")
+    command = os.path.join(home, "bin", "hadoop") if home else shutil.which("hadoop")
+    if not command or not os.path.exists(command):
+        return
+    found = subprocess.run([command, "classpath", "--glob"], capture_output=True, text=True, check=False)
+    if found.returncode == 0 and found.stdout.strip():
+        os.environ["CLASSPATH"] = found.stdout.strip()
 
 
 def read_row_group(path: str, *, task: str, input_spec: Mapping[str, Any], with_mask: bool = False,

@@ -219,8 +219,8 @@ def decode_example(image_png: bytes, mask_png: bytes | None, *, task: str, input
 
 
 def reader_seed(seed: int, epoch: int, pass_index: int) -> int:
-    """The shuffling seed of one pass: a 32-bit value derived from (seed, epoch, pass), never 0 (which
-    Petastorm's reader, `classeg.training.shards`, takes as "unseeded")."""
+    """The shuffling seed of one pass: a 32-bit value derived from (seed, epoch, pass), never 0 (kept
+    from the Petastorm reader, which took 0 as "unseeded", so that a run's order stays what it was)."""
     return int(np.random.SeedSequence([seed, epoch, pass_index]).generate_state(1)[0]) or 1
 
 
