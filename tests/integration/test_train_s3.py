@@ -123,3 +123,32 @@ def test_a_relative_cache_dir_is_made_absolute(tmp_path, monkeypatch):
 def test_a_cache_on_s3_is_refused_with_the_rule():
     with pytest.raises(ConfigError, match=r"train.cache_dir='s3://b/cache'.*cannot be on S3.*hdfs:///tmp/classeg"):
         cache_location("s3://b/cache", output="s3://b/out", run_id="r", local_master=True, local_dir="/x")
+
+
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"  # moto's account
+
+
+def test_ingest_writes_its_table_to_s3_encrypted(table, s3, moto_endpoint, worker_env, capsys):
+    """`classeg ingest --output s3://...` on local Spark: the scan files, the errors table and summary.json go
+    through classeg's S3 layer (no Hadoop S3 filesystem), every object with s3.sse aws:kms and the configured key,
+    and the scan files hold the rows the local table holds."""
+    import pyarrow.parquet as pq
+
+    bucket = "ingest-output"
+    s3.create_bucket(Bucket=bucket)
+    code = main(["ingest", "--dataset", "lgg", "--input", str(table.parent / "data"), "--output",
+                 f"s3://{bucket}/tables/lgg", "--image-size", str(SIZE), "--split", "0.5,0.25,0.25",
+                 "--set", "spark.master=local[2]", "--set", f"s3.endpoint_url={moto_endpoint}",
+                 "--set", "s3.sse=aws:kms", "--set", f"s3.kms_key_id={KEY_ARN}", "--set", "s3.backoff_seconds=0.01"])
+    assert code == 0, capsys.readouterr().err
+    keys = [item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for item in page.get("Contents", ())]
+    heads = {key: s3.head_object(Bucket=bucket, Key=key) for key in keys}
+    scans = [key for key in keys if key.startswith("tables/lgg/scans/") and key.endswith(".parquet")]
+    assert scans and "tables/lgg/summary.json" in keys, keys
+    assert not [key for key in keys if "_staging" in key], "the staging files are not left behind"
+    assert {(h.get("ServerSideEncryption"), h.get("SSEKMSKeyId")) for h in heads.values()} == {("aws:kms", KEY_ARN)}
+    rows = sum(pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).num_rows
+               for key in scans)
+    local = sum(pq.read_metadata(path).num_rows for path in (table / "scans").rglob("*.parquet"))
+    assert rows == local > 0
