@@ -525,7 +525,14 @@ BENCHMARKS = [
             "up to `--memory-max`. Projection to 10^8 on a cluster: listing and the anti-join are Spark tasks "
             "and shuffles that spread over the executors; the driver keeps the report's manifest (one entry per "
             "data file) and counts. Not measured here: listing S3 itself (tests/integration/test_listing.py "
-            "checks it on moto) and a real cluster.")),
+            "checks it on moto) and a real cluster. Recorded run (2026-12-03, `--sizes 100000,1000000 --with-1e7 "
+            "--sources inventory,local`, so no in-driver rows this time; load average 1.9 at the end): 10^7 objects "
+            "from the report in 118 s with the driver at 1.58 GB, the goal met; planning grew 8.8x for 10x objects "
+            "(exponent 0.94), so 10^8 on this local[2] driver would take about 17 minutes, and on a cluster the "
+            "listing tasks and the join's shuffle divide over the executors' cores while the driver's memory "
+            "stays flat (exponent 0.05). The local tree's 10^5 row is dominated by its 109 listing tasks' start-up "
+            "(about 0.2 s each on 2 cores). Before the listing was cached on disk (DISK_ONLY), the 10^7 run ran "
+            "the 1 GB driver heap out of memory caching 1M-row listing tasks.")),
 ]
 
 
