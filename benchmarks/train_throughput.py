@@ -130,7 +130,11 @@ def main(argv=None) -> int:
     spark = get_spark(load_config(overrides=["spark.master=local[2]"]))
     runs = [one_size(spark, work, task=args.task, size=size, patients=args.patients, epochs=args.epochs,
                      batch_size=args.batch_size) for size in sizes]
-    record = {"task": args.task, "batch_size_per_process": args.batch_size, "patients": args.patients,
+    from datetime import datetime, timezone
+
+    record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average_at_end":
+              list(os.getloadavg()), "task": args.task, "batch_size_per_process": args.batch_size,
+              "patients": args.patients,
               "epochs": args.epochs, "goal": GOAL, "sizes": runs}
     ratios = {f"{engine}_vs_plain": min(run[f"{engine}_vs_plain"] for run in runs) for engine in ("horovod", "torch")}
     record.update({f"min_{key}": value for key, value in ratios.items()})
