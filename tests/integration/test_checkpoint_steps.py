@@ -11,24 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from classeg import synthetic
 from classeg.config import load_config
 from classeg.errors import ConfigError
-from classeg.ingest.job import run_ingest
 from classeg.training import checkpoints, run_training
+from lgg_tables import small_lgg_table
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, spark):
-    root = tmp_path_factory.mktemp("ckpt-data")
-    synthetic.write_lgg(root / "data", patients=8, seed=3, image_size=SIZE, slices_per_patient=(7, 9),
-                        tumor_fraction=0.5, duplicate_copy=False)
-    run_ingest(spark, load_config(overrides=[
-        "ingest.dataset=lgg", f"ingest.input={root / 'data'}", f"ingest.output={root / 'table'}",
-        f"ingest.image_size={SIZE}", "ingest.split=[0.5, 0.25, 0.25]", "spark.master=local[2]"]))
-    return root / "table"
+    return small_lgg_table(spark, tmp_path_factory.mktemp("ckpt-data"), patients=8, seed=3, image_size=SIZE,
+                           slices_per_patient=(7, 9))
 
 
 def _cfg(scans, output, *extra):

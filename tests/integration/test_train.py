@@ -18,10 +18,9 @@ import torch
 
 from classeg.artifact import load_artifact
 from classeg.config import load_config
-from classeg import synthetic
-from classeg.ingest.job import run_ingest
 from classeg.ingest.table import read_scan_table
 from classeg.training import checkpoints, run_training
+from lgg_tables import small_lgg_table
 
 SIZE = 32
 # The classifier runs' rate: two epochs at it lower this tiny table's validation loss. A from-scratch backbone
@@ -33,16 +32,11 @@ CLASSIFIER_LR = "train.lr=0.001"
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, spark):
-    root = tmp_path_factory.mktemp("train-data")
-    synthetic.write_lgg(root / "data", patients=8, seed=3, image_size=SIZE, slices_per_patient=(7, 9),
-                        tumor_fraction=0.5, duplicate_copy=False)
-    cfg = load_config(overrides=["ingest.dataset=lgg", f"ingest.input={root / 'data'}",
-                                 f"ingest.output={root / 'table'}", f"ingest.image_size={SIZE}",
-                                 "ingest.split=[0.5, 0.25, 0.25]", "spark.master=local[2]"])
-    run_ingest(spark, cfg)
-    frame, summary = read_scan_table(spark, str(root / "table"))
+    table = small_lgg_table(spark, tmp_path_factory.mktemp("train-data"), patients=8, seed=3, image_size=SIZE,
+                            slices_per_patient=(7, 9))
+    frame, summary = read_scan_table(spark, str(table))
     rows = frame.select("scan_id", "split", "label", "has_tumor").toPandas()
-    return root / "table", rows, summary
+    return table, rows, summary
 
 
 def _cfg(scans, output, *extra):

@@ -14,11 +14,10 @@ import pytest
 
 from classeg import synthetic
 from classeg.cli import main
-from classeg.config import load_config
 from classeg.errors import ConfigError
-from classeg.ingest.job import run_ingest
 from classeg.scoring import read_scores
 from classeg.training.job import CLUSTER_CACHE_ROOT, cache_location, spark_local_dir
+from lgg_tables import small_lgg_table
 
 SIZE = 32
 BUCKET = "train-output"
@@ -27,13 +26,8 @@ RUN_ID = "s3run"
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, spark):
-    root = tmp_path_factory.mktemp("s3-train-data")
-    synthetic.write_lgg(root / "data", patients=6, seed=11, image_size=SIZE, slices_per_patient=(6, 7),
-                        tumor_fraction=0.5, duplicate_copy=False)
-    run_ingest(spark, load_config(overrides=[
-        "ingest.dataset=lgg", f"ingest.input={root / 'data'}", f"ingest.output={root / 'table'}",
-        f"ingest.image_size={SIZE}", "ingest.split=[0.5, 0.25, 0.25]", "spark.master=local[2]"]))
-    return root / "table"
+    return small_lgg_table(spark, tmp_path_factory.mktemp("s3-train-data"), patients=6, seed=11, image_size=SIZE,
+                           slices_per_patient=(6, 7))
 
 
 def _s3_flags(endpoint: str) -> list[str]:
