@@ -352,12 +352,24 @@ def draw_augmentation(
                                ("contrast", contrast, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= upper:
             raise ValueError(f"{name} must be in [0, {upper}], got {value!r}")
-    draws = rng.random(5)
-    return AugmentationDraw(flip_horizontal=bool(draws[0] < flip_horizontal),
-                            flip_vertical=bool(draws[1] < flip_vertical),
-                            angle=float((2 * draws[2] - 1) * max_rotation),
-                            offset=float((2 * draws[3] - 1) * brightness),
-                            factor=float(1 + (2 * draws[4] - 1) * contrast))
+    values = augmentation_from_uniforms(rng.random(5), flip_horizontal=flip_horizontal,
+                                        flip_vertical=flip_vertical, max_rotation=max_rotation,
+                                        brightness=brightness, contrast=contrast)
+    return AugmentationDraw(flip_horizontal=bool(values["flip_horizontal"]),
+                            flip_vertical=bool(values["flip_vertical"]), angle=float(values["angle"]),
+                            offset=float(values["offset"]), factor=float(values["factor"]))
+
+
+def augmentation_from_uniforms(draws: np.ndarray, *, flip_horizontal: float = 0.5, flip_vertical: float = 0.5,
+                               max_rotation: float = 10.0, brightness: float = 0.1,
+                               contrast: float = 0.1) -> dict[str, np.ndarray]:
+    """`draw_augmentation`'s parameters from its five uniform draws (the last axis of ``draws``: one scan's
+    (5,) or a batch's (N, 5)), elementwise and so identical for one scan and for a batch: ``flip_horizontal``
+    and ``flip_vertical`` (bool), ``angle`` (degrees), ``offset`` and ``factor`` (float64)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    return {"flip_horizontal": draws[..., 0] < flip_horizontal, "flip_vertical": draws[..., 1] < flip_vertical,
+            "angle": (2 * draws[..., 2] - 1) * max_rotation, "offset": (2 * draws[..., 3] - 1) * brightness,
+            "factor": 1 + (2 * draws[..., 4] - 1) * contrast}
 
 
 def augment(

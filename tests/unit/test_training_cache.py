@@ -341,3 +341,55 @@ def test_hadoop_classpath_is_set_from_the_hadoop_command(tmp_path, monkeypatch):
     monkeypatch.setenv("HADOOP_HOME", str(tmp_path))  # $HADOOP_HOME/bin/hadoop wins
     ensure_hadoop_classpath()
     assert os.environ["CLASSPATH"].startswith("/usr/lib/hadoop/")
+
+
+@pytest.mark.parametrize("seed, epoch", [(0, 0), (3, 1), (2**32 + 5, 7), (0, 2**40), (2**70, 2)])
+def test_batched_uniforms_equal_numpys_generators_bit_for_bit(seed, epoch):
+    from classeg.training.seeded import uniforms
+
+    rng = np.random.default_rng(11)
+    # every kind of key: zero, one entropy word, the 2**32 edge, two words, the top of the unsigned range
+    keys = np.concatenate([np.array([0, 1, 2**32 - 1, 2**32, 2**63, 2**64 - 1], dtype=np.uint64),
+                           rng.integers(0, 2**32, 40, dtype=np.uint64),
+                           rng.integers(0, 2**64 - 1, 200, dtype=np.uint64, endpoint=True)])
+    expected = np.stack([np.random.default_rng([seed, epoch, int(key)]).random(7) for key in keys])
+    got = uniforms(seed, epoch, keys, 7)
+    assert got.dtype == np.float64 and got.shape == (len(keys), 7)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(uniforms(seed, epoch + 1, keys, 7), expected)  # the epoch is in the seed
+
+
+def test_draw_batch_gives_each_scan_draw_augmentations_parameters_exactly():
+    keys = np.array([scan_key(s) for s in SCAN_IDS] + list(range(-50, 50)), dtype=np.int64)
+    params = A.draw_batch(keys, seed=9, epoch=2)
+    for i, key in enumerate(keys):
+        draw = T.draw_augmentation(np.random.default_rng([9, 2, int(key) & (2**64 - 1)]))
+        assert params["flip_x"][i] == (-1.0 if draw.flip_horizontal else 1.0)
+        assert params["flip_y"][i] == (-1.0 if draw.flip_vertical else 1.0)
+        assert params["angle"][i] == np.radians(draw.angle)
+        assert (params["offset"][i], params["factor"][i]) == (draw.offset, draw.factor)
+
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_collate_gathers_rows_from_several_row_groups_in_batch_order(threads):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from classeg.training.cache import RowGroup, collate
+
+    rng = np.random.default_rng(5)
+    groups = [RowGroup(image=rng.integers(0, 255, (6, 3, 4, 4), dtype=np.uint8),
+                       scan_key=np.arange(6, dtype=np.int64) + 100 * g,
+                       mask=rng.integers(0, 2, (6, 4, 4), dtype=np.uint8),
+                       label=np.arange(6, dtype=np.int64) % 3 + g) for g in range(3)]
+    rows = [(groups[int(rng.integers(3))], int(rng.integers(6))) for _ in range(11)]
+    pool = ThreadPoolExecutor(threads) if threads else None
+    try:
+        batch = collate(rows, pin=False, pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for j, (group, i) in enumerate(rows):
+        assert torch.equal(batch["image"][j], torch.from_numpy(group.image[i]))
+        assert torch.equal(batch["mask"][j], torch.from_numpy(group.mask[i]))
+        assert (int(batch["scan_key"][j]), int(batch["label"][j])) == (group.scan_key[i], group.label[i])
+    assert batch["image"].dtype == torch.uint8 and batch["scan_key"].dtype == torch.int64

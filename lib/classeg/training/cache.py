@@ -32,6 +32,8 @@ import numpy as np
 SHUFFLE_ROW_GROUPS = 4
 #: Collated batches waiting for the consumer.
 PREFETCH_BATCHES = 2
+#: Threads gathering a batch's pixels, one row group each (a batch draws on up to SHUFFLE_ROW_GROUPS + 1).
+GATHER_THREADS = SHUFFLE_ROW_GROUPS
 
 
 def scan_key(scan_id: str) -> int:
@@ -241,24 +243,46 @@ def _ordered_rows(groups: Iterator[RowGroup], *, batch_size: int, rng: np.random
         del pending[:batch_size]
 
 
-def collate(rows: Sequence[tuple[RowGroup, int]], *, pin: bool) -> dict:
+def collate(rows: Sequence[tuple[RowGroup, int]], *, pin: bool, pool: ThreadPoolExecutor | None = None) -> dict:
     """(row group, row) pairs -> a batch of tensors: ``image`` uint8 (N, C, S, S), ``scan_key`` int64 (N,),
     ``mask`` uint8 (N, S, S) and ``label`` int64 (N,) where the cache has them; the pixel tensors in pinned
-    memory when ``pin``."""
+    memory when ``pin``. ``pool``: the pixels of each row group are gathered on its threads, in parallel (the
+    copies release the GIL)."""
     import torch
 
     first = rows[0][0]
-    batch = {"scan_key": torch.from_numpy(np.array([group.scan_key[i] for group, i in rows], dtype=np.int64))}
+    # One gather per row group and column: a per-row copy releases and retakes the GIL for every row, and
+    # beside a training thread that dispatches CUDA kernels each retake waits (a GIL convoy), which starved
+    # a GPU of batches (BENCHMARKS.md, GPU).
+    by_group: dict[int, tuple[RowGroup, list[int], list[int]]] = {}
+    for position, (group, row) in enumerate(rows):
+        entry = by_group.setdefault(id(group), (group, [], []))
+        entry[1].append(position)
+        entry[2].append(row)
+    parts = [(group, np.asarray(positions, dtype=np.intp), np.asarray(indices, dtype=np.intp))
+             for group, positions, indices in by_group.values()]
+
+    def gather(name: str, target: np.ndarray, group: RowGroup, positions: np.ndarray, indices: np.ndarray) -> None:
+        target[positions] = np.take(getattr(group, name), indices, axis=0)
+
+    def gathered(name: str, target: np.ndarray, parallel: bool = False) -> np.ndarray:
+        if parallel and pool is not None and len(parts) > 1:
+            for future in [pool.submit(gather, name, target, *part) for part in parts]:
+                future.result()
+        else:
+            for part in parts:
+                gather(name, target, *part)
+        return target
+
+    batch = {"scan_key": torch.from_numpy(gathered("scan_key", np.empty(len(rows), dtype=np.int64)))}
     for name in ("image", "mask"):
         if getattr(first, name) is None:
             continue
         out = torch.empty((len(rows), *getattr(first, name).shape[1:]), dtype=torch.uint8, pin_memory=pin)
-        target = out.numpy()
-        for j, (group, i) in enumerate(rows):
-            target[j] = getattr(group, name)[i]
+        gathered(name, out.numpy(), parallel=True)
         batch[name] = out
     if first.label is not None:
-        batch["label"] = torch.from_numpy(np.array([group.label[i] for group, i in rows], dtype=np.int64))
+        batch["label"] = torch.from_numpy(gathered("label", np.empty(len(rows), dtype=np.int64)))
     return batch
 
 
@@ -292,6 +316,8 @@ class CachePass:
         self.expected_rows, self.what = expected_rows, what
         self._urls, self._batch_size, self._rng, self._pin, self._read = list(urls), batch_size, rng, pin, read
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="classeg-cache-read")
+        # Its own threads: behind the file reads queued on the readers' pool, a batch would wait for them.
+        self._gather = ThreadPoolExecutor(max_workers=GATHER_THREADS, thread_name_prefix="classeg-cache-gather")
         self._threads = threads
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
         self._stop = threading.Event()
@@ -323,7 +349,7 @@ class CachePass:
     def _produce(self) -> None:
         try:
             for rows in _ordered_rows(self._groups(), batch_size=self._batch_size, rng=self._rng):
-                if not self._put(collate(rows, pin=self._pin)):
+                if not self._put(collate(rows, pin=self._pin, pool=self._gather)):
                     return
             self._put(_END)
         except BaseException as err:  # handed to the consumer, which re-raises it
@@ -346,6 +372,7 @@ class CachePass:
         self._stop.set()
         self._worker.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._gather.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> "CachePass":
         return self
