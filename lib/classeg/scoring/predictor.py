@@ -231,7 +231,7 @@ class ClassSegPredictor:
     Build with :meth:`load` (artifact URIs) or from loaded :class:`classeg.artifact.Artifact` objects.
     ``tumor_classes``: class names meaning tumour (empty: model.json's), resolved and checked by
     :func:`resolve_tumor_classes`. ``device``: a torch device string; models are moved there. On CUDA the
-    forward passes run under float16 autocast when ``amp``; on CPU ``channels_last`` uses NHWC tensors.
+    forward passes run under float16 autocast when ``amp``; ``channels_last`` uses NHWC tensors (on CPU and CUDA).
     """
 
     def __init__(self, classifier, segmenter=None, *, tumor_classes: Sequence[str] = (), tumor_threshold: float = 0.5,
@@ -254,8 +254,8 @@ class ClassSegPredictor:
         self.mask_threshold = float(mask_threshold)
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
-        self._memory_format = (torch.channels_last if channels_last and self.device.type == "cpu"
-                               else torch.contiguous_format)
+        # NHWC on both: oneDNN's CPU convolutions and cuDNN's Tensor Core kernels both want it.
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for artifact in (classifier, segmenter):
             if artifact is not None:
                 artifact.model.eval().to(self.device, memory_format=self._memory_format)
