@@ -35,10 +35,10 @@ from classeg.training.plan import TrainPlan
 log = logging.getLogger(__name__)
 
 TORCH_MODES = ("auto", "local", "barrier")
-#: Horovod's tensor fusion for the ranks: one fusion buffer holds a whole ResNet50 fp32 gradient (about 94 MiB;
-#: Horovod's default 64 MiB splits it), and a short cycle (ms) so fused allreduces start as soon as the backward
-#: pass has produced the gradients. DDP's bucket size is `classeg.training.collectives.DDP_BUCKET_MB`.
-HOROVOD_ENV = {"HOROVOD_FUSION_THRESHOLD": str(128 * 1024 * 1024), "HOROVOD_CYCLE_TIME": "1"}
+#: Horovod's tensor fusion for the ranks: one fusion buffer holds a whole ResNet50 fp32 gradient (about 94 MiB).
+#: DDP's bucket size is `classeg.training.collectives.DDP_BUCKET_MB`; the cycle time is chosen in each rank
+#: (`classeg.training.collectives.HOROVOD_CYCLE_MS`), where it is known whether the rank has a GPU.
+HOROVOD_ENV = {"HOROVOD_FUSION_THRESHOLD": str(128 * 1024 * 1024)}
 
 HOROVOD_HINT = ("install it with `make setup` (builds Horovod 0.28.1 from the sdist with PyTorch and Gloo: "
                 "tools/build_horovod.sh, then `pip install --no-deps .cache/wheels/horovod-0.28.1-*.whl`; "
@@ -208,6 +208,8 @@ def _run_engine(spark, plan: TrainPlan, failures: str, *, engine: str, num_proc:
 
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
                **HOROVOD_ENV}
+        # Tuning on a cluster: the driver's own HOROVOD_FUSION_THRESHOLD and HOROVOD_CYCLE_TIME win.
+        env.update({name: os.environ[name] for name in (*HOROVOD_ENV, "HOROVOD_CYCLE_TIME") if name in os.environ})
         # The ranks' output (rank 0's epoch progress and test metrics, any rank's warnings) is forwarded to the
         # driver's stderr, prefixed [rank]<stream>, as TorchDistributor does; stdout stays the job's result.
         results = horovod.spark.run(train_process, args=(plan, "horovod", failures), num_proc=num_proc, env=env,
