@@ -3,9 +3,10 @@ same per-rank loop in one plain process (1 process x 2 threads, no engine, no Sp
 model, data and decoded training cache, at each image size. Writes benchmarks/results/train_throughput.json.
 
     .venv/bin/python benchmarks/train_throughput.py [--task classify] [--image-sizes 64,128] [--patients 12]
-                                                    [--epochs 3] [--batch-size 16]
+                                                    [--epochs 3] [--batch-size 16] [--rounds 3]
 
-Per size: a synthetic LGG table at that size (ingest on local[2]); ``classeg train`` with each engine (the
+Per size, each measurement repeated ``--rounds`` times interleaved (the median counts): a synthetic LGG table
+at that size (ingest on local[2]); ``classeg train`` with each engine (the
 job's own cache, split and loop; images/s as the loop reports it, the mean over epochs after the first); and
 the plain process: the train split cached by `prepare_split` for one process, then
 `classeg.training.loop.setup` + `train_one_epoch` with `LocalCollectives` and torch on 2 threads (the
@@ -55,7 +56,12 @@ def loader_rate(shards, spec: dict, *, task: str, batch_size: int, threads: int)
     return rate
 
 
-def one_size(spark, work: Path, *, task: str, size: int, patients: int, epochs: int, batch_size: int) -> dict:
+def one_size(spark, work: Path, *, task: str, size: int, patients: int, epochs: int, batch_size: int,
+             rounds: int = 2, engines=("horovod", "torch")) -> dict:
+    """Every measurement ``rounds`` times, interleaved (plain, then each engine, the order rotated per round),
+    over one ingested table and one plain-loop cache; each rate is the median of its rounds."""
+    import statistics
+
     from petastorm.spark import SparkDatasetConverter
 
     from classeg import synthetic
@@ -75,13 +81,6 @@ def one_size(spark, work: Path, *, task: str, size: int, patients: int, epochs: 
     train_over = [*base, f"train.task={task}", f"train.scans={root / 'table'}", f"train.epochs={epochs}",
                   f"train.image_size={size}", f"train.batch_size={batch_size}", "train.num_proc=2",
                   "train.threads_per_proc=1", "train.base_filters=16", "train.early_stopping_patience=0"]
-    record = {"image_size": size}
-    for engine in ("horovod", "torch"):
-        result = run_training(spark, load_config(overrides=[*train_over, f"train.engine={engine}",
-                                                            f"train.output={root / engine}"]))
-        rates = [h["images_per_sec"] for h in result["history"]]
-        record[f"{engine}_2x1_images_per_sec"] = round(sum(rates[1:]) / max(1, len(rates) - 1), 2)
-        record[f"{engine}_seconds_total"] = result["driver_seconds"]
     train_cfg = load_config(overrides=train_over).to_dict()["train"]
     frame, summary = read_scan_table(spark, str(root / "table"))
     spec = input_spec(task, image_size=size, channels=3)
@@ -91,19 +90,39 @@ def one_size(spark, work: Path, *, task: str, size: int, patients: int, epochs: 
     rows = counts["train"]["tumor"] if tumor_only else counts["train"]["rows"]
     data = prepare_split(spark, frame, split="train", task=task, tumor_only=tumor_only, rows=rows, processes=1,
                          seed=0, input_spec=spec)
+    runs: dict[str, list[float]] = {name: [] for name in ("plain", *engines)}
+    seconds: dict[str, list[float]] = {engine: [] for engine in engines}
     try:
         model = ModelSpec.from_train_config(train_cfg, class_names=summary["class_names"], input_spec=spec)
         plan = TrainPlan(model=model, recipe=Recipe.from_train_config(train_cfg), splits={"train": data.shards},
                          run_id="plain", run_uri=str(root / "plain"), output=str(root / "plain"), resume=False,
                          s3=None, config={}, fingerprint={})
-        record["plain_1x2_images_per_sec"] = round(plain_loop(plan, epochs=epochs, threads=2), 2)
-        record["loader_images_per_sec"] = round(loader_rate(data.shards, spec, task=task, batch_size=batch_size,
-                                                            threads=int(train_cfg["loader_threads"])), 2)
+        order = ["plain", *engines]
+        for round_index in range(rounds):
+            for name in order[round_index % len(order):] + order[:round_index % len(order)]:
+                if name == "plain":
+                    runs[name].append(plain_loop(plan, epochs=epochs, threads=2))
+                    continue
+                result = run_training(spark, load_config(overrides=[
+                    *train_over, f"train.engine={name}", f"train.output={root / f'{name}-{round_index}'}"]))
+                rates = [h["images_per_sec"] for h in result["history"]]
+                runs[name].append(sum(rates[1:]) / max(1, len(rates) - 1))
+                seconds[name].append(result["driver_seconds"])
+                print(f"{size} px round {round_index + 1}/{rounds}: {name} {runs[name][-1]:.1f} images/s",
+                      file=sys.stderr, flush=True)
+        loader = loader_rate(data.shards, spec, task=task, batch_size=batch_size,
+                             threads=int(train_cfg["loader_threads"]))
     finally:
         data.delete()
-    for engine in ("horovod", "torch"):
-        record[f"{engine}_vs_plain"] = round(record[f"{engine}_2x1_images_per_sec"]
-                                             / record["plain_1x2_images_per_sec"], 3)
+    record = {"image_size": size, "rounds": rounds,
+              "runs_images_per_sec": {name: [round(rate, 2) for rate in rates] for name, rates in runs.items()}}
+    plain = statistics.median(runs["plain"])
+    record["plain_1x2_images_per_sec"] = round(plain, 2)
+    for engine in engines:
+        record[f"{engine}_2x1_images_per_sec"] = round(statistics.median(runs[engine]), 2)
+        record[f"{engine}_seconds_total"] = round(statistics.median(seconds[engine]), 1)
+        record[f"{engine}_vs_plain"] = round(statistics.median(runs[engine]) / plain, 3)
+    record["loader_images_per_sec"] = round(loader, 2)
     return record
 
 
@@ -114,12 +133,15 @@ def main(argv=None) -> int:
     parser.add_argument("--image-sizes", default="64,128", help="comma-separated sizes (default 64,128)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every measurement (median)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     try:
         sizes = [int(size) for size in args.image_sizes.split(",") if size.strip()]
     except ValueError:
         parser.error(f"--image-sizes must be comma-separated integers, got {args.image_sizes!r}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if not sizes or min(sizes) < 32 or args.epochs < 2:
         parser.error(f"--image-sizes must be >= 32 and --epochs >= 2, got {args.image_sizes!r}, {args.epochs}")
 
@@ -129,11 +151,12 @@ def main(argv=None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="classeg-train-throughput-"))
     spark = get_spark(load_config(overrides=["spark.master=local[2]"]))
     runs = [one_size(spark, work, task=args.task, size=size, patients=args.patients, epochs=args.epochs,
-                     batch_size=args.batch_size) for size in sizes]
+                     batch_size=args.batch_size, rounds=args.rounds) for size in sizes]
     from datetime import datetime, timezone
 
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average_at_end":
               list(os.getloadavg()), "task": args.task, "batch_size_per_process": args.batch_size,
+              "rounds": args.rounds,
               "patients": args.patients,
               "epochs": args.epochs, "goal": GOAL, "sizes": runs}
     ratios = {f"{engine}_vs_plain": min(run[f"{engine}_vs_plain"] for run in runs) for engine in ("horovod", "torch")}

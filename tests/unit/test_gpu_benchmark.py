@@ -34,7 +34,7 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     assert "skipped" not in result
     assert (result["torch"], result["device"], result["device_type"]) == (torch.__version__, "cpu", "cpu")
     assert result["capability"] is None and result["bf16"] is None
-    assert result["parts"] == ["ceilings", "predictor", "loader", "train_epoch"]
+    assert result["parts"] == ["checks", "ceilings", "predictor", "loader", "train_epoch", "train_compiled"]
     assert result["torch_threads"] == 1  # --quick
 
     ceilings = result["ceilings"]
@@ -56,8 +56,21 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     assert 0 < predictor["prepare_seconds"] + predictor["predict_seconds"] <= predictor["seconds"]
     assert predictor["autocast_dtype"] == "float32"  # the predictor's own choice on CPU
 
+    # the variants: the other memory format, and cudnn.benchmark (a no-op on the CPU)
+    assert result["predictor_contiguous"]["channels_last"] is False and result["predictor"]["channels_last"] is True
+    assert result["predictor_contiguous"]["scans"] == result["predictor_cudnn_benchmark"]["scans"] == 16
+
+    # on the CPU the device is the CPU: the checks compare it with itself, and must find no difference
+    checks = result["checks"]
+    assert checks["augment"]["image_relative_error"] == 0 and checks["augment"]["mask_pixels_differing_fraction"] == 0
+    assert checks["augment"]["finite"] is True and checks["augment"]["images"] == 4
+    assert checks["predictor"]["probability_max_abs_error"] == 0 and checks["predictor"]["mask_iou"] == 1.0
+    assert checks["predictor"]["labels_agree_fraction"] == 1.0 and checks["predictor"]["scans"] == 4
+
     loader = result["loader"]
     assert (loader["rows"], loader["batch"], loader["image_size"], loader["pinned"]) == (16, 4, 64, False)
+    assert sorted(loader["host_by_threads"]) == ["1", "2"] and loader["threads"] in (1, 2)  # --quick's sweep
+    assert loader["host"] == loader["host_by_threads"][str(loader["threads"])]
     for stage in ("host", "to_device_augmented"):
         assert loader[stage]["images"] == 16, stage  # one whole pass of the 16-row cache
         assert loader[stage]["images_per_sec"] == pytest.approx(16 / loader[stage]["seconds"])
@@ -65,7 +78,12 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     epoch = result["train_epoch"]
     assert epoch["images_per_sec"] > 0 and epoch["loss_finite"] is True
     assert (epoch["batch"], epoch["image_size"], epoch["steps"], epoch["rows"]) == (4, 64, 4, 16)
+    assert epoch["measured_epochs"] == 1 and epoch["images_per_sec"] == pytest.approx(16 / epoch["seconds"])
     assert epoch["device"] == "cpu" and epoch["settings"].startswith("fp32, contiguous")
+    assert epoch["loader_threads"] == loader["threads"]  # the sweep's fastest
+    for name in ("augment_and_step", "step_only"):
+        assert epoch["without_loader"][name]["images_per_sec"] > 0, name
+    assert result["train_compiled"] == {"skipped": "train.compile applies to CUDA devices only"}
 
     ratios = result["ratios"]
     assert ratios["predictor_to_resnet18_forward"] == pytest.approx(
@@ -74,6 +92,22 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
         epoch["images_per_sec"] / ceilings["resnet18_train_step"]["images_per_sec"])
     assert ratios["loader_to_resnet18_train_step"] == pytest.approx(
         loader["images_per_sec"] / ceilings["resnet18_train_step"]["images_per_sec"])
+    # the predictor's own model work: a classifier forward per scan, a segmenter forward per segmented scan
+    work = 1 / (1 / ceilings["resnet18_forward"]["images_per_sec"]
+                + predictor["segmented_fraction"] / ceilings["resunet_forward"]["images_per_sec"])
+    assert ratios["predictor_to_model_forward"] == pytest.approx(predictor["images_per_sec"] / work)
+    assert ratios["train_compiled_to_resnet18_train_step"] is None
+
+
+def test_models_limits_the_ceilings_and_the_json_is_saved_part_by_part(tmp_path):
+    out = tmp_path / "gpu.json"
+    run = _run("--quick", "--device", "cpu", "--parts", "ceilings,loader", "--models", "resnet18", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert sorted(result["ceilings"]) == ["resnet18_forward", "resnet18_train_step"]
+    assert "predictor" not in result and "train_epoch" not in result and result["loader"]["images_per_sec"] > 0
+    assert result["ratios"]["predictor_to_model_forward"] is None  # no ResUNet ceiling, no predictor
+    assert json.loads(out.read_text()) == result
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
@@ -98,14 +132,14 @@ def test_a_missing_boto3_is_reported_and_the_run_goes_on():
     for part in ("predictor", "train_epoch"):
         assert result[part]["error"].startswith("ModuleNotFoundError"), result[part]
         assert "boto" in result[part]["error"], result[part]
-    assert result["ratios"] == {"predictor_to_resnet18_forward": None, "train_epoch_to_resnet18_train_step": None,
-                                "loader_to_resnet18_train_step": None}
+    assert set(result["ratios"].values()) == {None}  # no ceilings measured
 
 
 @pytest.mark.parametrize("argv, named", [
     (("--scans", "0"), "'0'"),
     (("--seconds", "-1"), "'-1'"),
     (("--parts", "ceilings,decoder"), "'ceilings,decoder'"),
+    (("--models", "resnet34"), "'resnet34'"),
     (("--device", "tpu"), "'tpu'"),
 ])
 def test_bad_arguments_exit_2_naming_the_value(argv, named):

@@ -38,7 +38,7 @@ def draw_batch(scan_keys, *, seed: int, epoch: int) -> dict[str, np.ndarray]:
     ``flip_x``/``flip_y`` (-1 to flip, else 1), ``angle`` (radians), ``offset``, ``factor``."""
     keys = np.asarray(scan_keys, dtype=np.int64).reshape(-1)
     # The generators' first five doubles for the whole batch at once (`classeg.training.seeded`: bit for bit
-    # what default_rng gives, without 18 us of Python per scan on the thread that feeds the device).
+    # what default_rng gives, without a Generator built in Python per scan on the thread that feeds the device).
     values = augmentation_from_uniforms(uniforms(int(seed), int(epoch), keys.view(np.uint64), 5))
     return {"flip_x": np.where(values["flip_horizontal"], -1.0, 1.0),
             "flip_y": np.where(values["flip_vertical"], -1.0, 1.0),

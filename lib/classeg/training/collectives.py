@@ -27,7 +27,7 @@ DDP_BUCKET_MB = 50
 #: Horovod's background thread negotiates with the other ranks once per cycle (ms), busy or not. On a GPU a short
 #: cycle (Horovod's default, 1 ms) starts fused allreduces as soon as the backward pass has produced the
 #: gradients, on spare host cores. Training on the CPU that thread takes its core from the rank's compute: 2
-#: processes on 2 cores trained 11-26% faster at 5 ms than at 1 ms (BENCHMARKS.md, training throughput). A
+#: processes on 2 cores trained faster at 5 ms than at 1 ms (BENCHMARKS.md, training throughput). A
 #: HOROVOD_CYCLE_TIME in the rank's environment wins.
 HOROVOD_CYCLE_MS = {"cuda": "1", "cpu": "5"}
 

@@ -2,9 +2,9 @@
 
 The training augmentation draws each scan's parameters from a generator seeded by (seed, epoch, scan id), so
 that a resumed run, a re-sharded run and the per-image numpy path all give a scan the same augmentation.
-Building one ``Generator`` per scan costs about 18 us of Python (most of it in ``SeedSequence``): 4.7 ms for
-a batch of 256, held under the GIL on the thread that feeds the GPU. :func:`uniforms` computes the same
-doubles, bit for bit, with array arithmetic over the batch:
+Building one ``Generator`` per scan is Python work (most of it in ``SeedSequence``) held under the GIL, per
+scan, on the thread that feeds the GPU (BENCHMARKS.md, GPU). :func:`uniforms` computes the same doubles, bit
+for bit, with array arithmetic over the batch:
 
 - ``SeedSequence`` (numpy's documented entropy pool: each entropy word hashed in with a multiplier that
   advances per use, the four pool words cross-mixed, any further words mixed into each pool word, then
