@@ -434,3 +434,21 @@ def test_checkpoint_is_readable_as_weights_only(tmp_path):
     buffer = io.BytesIO()
     torch.save({"format": checkpoints.FORMAT, "rng": [checkpoints.rng_state()]}, buffer)
     assert torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)["format"] == checkpoints.FORMAT
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "5"), ("3", "3")])
+def test_a_horovod_rank_on_the_cpu_negotiates_every_5_ms_unless_told(preset, expected):
+    """HorovodCollectives picks the cycle time before hvd.init (a 1-process Horovod, in its own interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("horovod.torch")
+    env = {k: v for k, v in os.environ.items() if k != "HOROVOD_CYCLE_TIME"}
+    if preset is not None:
+        env["HOROVOD_CYCLE_TIME"] = preset
+    code = ("import os\nfrom classeg.training.collectives import HorovodCollectives\n"
+            "c = HorovodCollectives()\nprint(os.environ['HOROVOD_CYCLE_TIME'], c.size)\n")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [expected, "1"]
