@@ -83,8 +83,9 @@ log = logging.getLogger("benchmarks.gpu")
 DEVICES = ("auto", "cpu", "cuda")
 PARTS = ("checks", "ceilings", "predictor", "loader", "train_epoch", "train_compiled")
 MODELS = ("resnet18", "resnet50", "resunet")
-#: Goals from issue 17: the training step against the train-step ceiling, scoring against the forward one.
-GOALS = {"train_epoch_to_resnet18_train_step": 0.85, "predictor_to_resnet18_forward": 0.80}
+#: Goals from issue 17: the training step against the train-step ceiling, scoring against the model-only forward
+#: rate of the predictor's work (classifier on every scan, segmenter on the segmented ones).
+GOALS = {"train_epoch_to_resnet18_train_step": 0.85, "predictor_to_model_forward": 0.80}
 #: The predictor's prepare runs on one CPU thread; this cap keeps the whole run well under 8 minutes if the
 #: machine's CPU is slower than expected (the scans it got through are reported).
 PREDICTOR_MAX_SECONDS = 90.0

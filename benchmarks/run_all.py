@@ -403,7 +403,8 @@ def summarise_gpu(result: dict) -> tuple[str, list[str]]:
     goals = result.get("goals", {})
     train_ratio = ratios.get("train_epoch_to_resnet18_train_step")
     score_ratio = ratios.get("predictor_to_model_forward")
-    goal_t, goal_s = goals.get("train_epoch_to_resnet18_train_step", 0.85), goals.get("predictor_to_resnet18_forward", 0.8)
+    goal_t = goals.get("train_epoch_to_resnet18_train_step", 0.85)
+    goal_s = goals.get("predictor_to_model_forward", goals.get("predictor_to_resnet18_forward", 0.8))
     headline = (f"{result.get('device')}: training epoch **{_fmt(train_ratio)}x** the train-step ceiling "
                 f"(train.compile {_fmt(ratios.get('train_compiled_to_resnet18_train_step'))}x; goal {goal_t}x: "
                 f"{'met' if train_ratio and train_ratio >= goal_t else 'not met'}), predictor **{_fmt(score_ratio)}x** "
@@ -709,7 +710,7 @@ BENCHMARKS = [
             "of tumour scans in a batch is tuned again), so scoring leaves it off. Run 3, the row-group gathers "
             "on their own threads: loader alone 24,405, epoch unchanged (9,772): the batch copy waited in line "
             "on the training stream. Run 4 (the table), batches copied one ahead on a side stream "
-            "(`classeg.training.loop._copied_ahead`): epoch 10,117 (0.77x), compiled 11,134 (0.85x), predictor "
+            "(`classeg.training.accel.copied_ahead`): epoch 10,117 (0.77x), compiled 11,134 (0.85x), predictor "
             "0.80x. What is left of the training gap: the augmentation on the training stream (0.91x without "
             "the loader) and the host threads' share of the GIL beside the dispatching thread (0.77x with it); "
             "`train.compile` (24 s to compile) takes most of it back. Published anchors for scale (NVIDIA "

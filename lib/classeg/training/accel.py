@@ -3,7 +3,8 @@
 On CUDA: bf16 autocast where the GPU supports it (Ampere and newer; bf16 has fp32's exponent range, so no
 loss scaling), fp16 autocast with a `torch.amp.GradScaler` otherwise; channels_last tensors (Tensor Cores
 want NHWC); ``torch.backends.cudnn.benchmark`` (every batch of a run has the same shape, bar an epoch's last,
-so autotuning pays once); and ``torch.compile`` of the training forward when ``train.compile`` asks for it.
+so autotuning pays once); ``torch.compile`` of the training forward when ``train.compile`` asks for it; and
+`copied_ahead`, the training batches' copy to the device on a side stream, one batch ahead of the step.
 On CPU each of these is off: fp32, contiguous tensors, no compilation (a CPU run is the reference the
 resume and equality tests check bit for bit).
 """
@@ -78,3 +79,47 @@ def compiled(settings: DeviceSettings, train_model):
     import torch
 
     return torch.compile(train_model)
+
+
+def copied_ahead(batches, device):
+    """``batches`` (host batches from the cache loader) with their tensors already on ``device``, each copied
+    one batch ahead on a side CUDA stream: the copy engine moves batch k+1 while batch k trains, instead of
+    the copy waiting in line on the training stream. On the CPU, ``batches`` as they are. ``scan_key`` stays
+    on the host (the augmentation is drawn from it there). Closing this closes ``batches``."""
+    if device.type != "cuda":
+        try:
+            yield from batches
+        finally:
+            batches.close()
+        return
+    import torch
+
+    stream = torch.cuda.Stream(device)
+
+    def issue(batch: dict):
+        with torch.cuda.stream(stream):
+            moved = {name: value if name == "scan_key" else value.to(device, non_blocking=True)
+                     for name, value in batch.items()}
+            done = torch.cuda.Event()
+            done.record(stream)
+        return moved, done
+
+    def ready(moved: dict, done) -> dict:
+        current = torch.cuda.current_stream(device)
+        current.wait_event(done)
+        for name, value in moved.items():
+            if name != "scan_key":
+                value.record_stream(current)  # allocated on the side stream, used on this one
+        return moved
+
+    ahead = None
+    try:
+        for batch in batches:
+            issued = issue(batch)
+            if ahead is not None:
+                yield ready(*ahead)
+            ahead = issued
+        if ahead is not None:
+            yield ready(*ahead)
+    finally:
+        batches.close()

@@ -8,8 +8,9 @@ the training split there with batched tensor ops (`augment_batch`) and normalise
 
 Augmentation is the one `classeg.transforms.augment` defines, batched: per scan, the parameters are those
 `classeg.transforms.draw_augmentation` draws from a generator seeded by (seed, epoch, scan_id), as the numpy
-path draws them (computed for the whole batch at once, bit for bit, by `classeg.training.seeded`), so a scan gets the same flips, angle, offset and factor as it would there, and a resumed run
-repeats an uninterrupted one. Geometry (flips, then rotation about the centre, zeros filled in) is one affine
+path draws them (computed for the whole batch at once, bit for bit, by `classeg.training.seeded`), so a scan
+gets the same flips, angle, offset and factor as it would there, and a resumed run repeats an uninterrupted
+one. Geometry (flips, then rotation about the centre, zeros filled in) is one affine
 matrix per scan through ``affine_grid``/``grid_sample``: bilinear for images, nearest for masks (they stay
 binary). Intensity (contrast about the image mean, brightness offset, clipped to [0, 1]) is for images only.
 Images must be square (the cache's are).

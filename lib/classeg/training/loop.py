@@ -462,7 +462,7 @@ def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[fl
     resumed_seen = seen
     keys = set() if recipe.record_shards and "train" not in ctx.scan_keys else None
     progress = EpochProgress(rank0=coll.rank == 0, total=ctx.micro_steps, epoch=epoch, epochs=recipe.epochs)
-    with contextlib.closing(_copied_ahead(_train_batches(plan, rank=coll.rank, size=coll.size, epoch=epoch,
+    with contextlib.closing(accel.copied_ahead(_train_batches(plan, rank=coll.rank, size=coll.size, epoch=epoch,
                                                          steps=ctx.micro_steps), ctx.device)) as batches:
         for micro, batch in enumerate(batches):
             if keys is not None:
@@ -590,50 +590,6 @@ def _open(plan: TrainPlan, split: str, *, rank: int, size: int, epoch: int, trai
     return open_loader(plan.splits[split], task=plan.task, input_spec=plan.model.input_spec,
                        batch_size=plan.recipe.batch_size, rank=rank, size=size, seed=plan.recipe.seed, epoch=epoch,
                        train=train, threads=plan.recipe.loader_threads)
-
-
-def _copied_ahead(batches, device):
-    """``batches`` (host batches from the cache loader) with their tensors already on ``device``, each copied
-    one batch ahead on a side CUDA stream: the copy engine moves batch k+1 while batch k trains, instead of
-    the copy waiting in line on the training stream. On the CPU, ``batches`` as they are. ``scan_key`` stays
-    on the host (the augmentation is drawn from it there). Closing this closes ``batches``."""
-    if device.type != "cuda":
-        try:
-            yield from batches
-        finally:
-            batches.close()
-        return
-    import torch
-
-    stream = torch.cuda.Stream(device)
-
-    def issue(batch: dict):
-        with torch.cuda.stream(stream):
-            moved = {name: value if name == "scan_key" else value.to(device, non_blocking=True)
-                     for name, value in batch.items()}
-            done = torch.cuda.Event()
-            done.record(stream)
-        return moved, done
-
-    def ready(moved: dict, done) -> dict:
-        current = torch.cuda.current_stream(device)
-        current.wait_event(done)
-        for name, value in moved.items():
-            if name != "scan_key":
-                value.record_stream(current)  # allocated on the side stream, used on this one
-        return moved
-
-    ahead = None
-    try:
-        for batch in batches:
-            issued = issue(batch)
-            if ahead is not None:
-                yield ready(*ahead)
-            ahead = issued
-        if ahead is not None:
-            yield ready(*ahead)
-    finally:
-        batches.close()
 
 
 def _train_batches(plan: TrainPlan, *, rank: int, size: int, epoch: int, steps: int):
