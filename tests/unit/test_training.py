@@ -452,3 +452,18 @@ def test_a_horovod_rank_on_the_cpu_negotiates_every_5_ms_unless_told(preset, exp
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == [expected, "1"]
+
+
+@pytest.mark.parametrize("conf, local, cuda, expected", [
+    ({}, True, True, True),                                              # local mode: the driver's CUDA
+    ({"spark.task.resource.gpu.amount": "1"}, True, False, False),
+    ({"spark.task.resource.gpu.amount": "1"}, False, False, True),        # an EMR driver on a CPU-only master
+    ({"spark.task.resource.gpu.amount": "0.25"}, False, False, True),
+    ({}, False, True, False),                                             # barrier mode, no GPUs for the tasks
+    ({"spark.task.resource.gpu.amount": "0"}, False, True, False),
+    ({"spark.task.resource.gpu.amount": "one"}, False, True, False),
+])
+def test_torchdistributor_asks_for_gpus_where_its_ranks_run(conf, local, cuda, expected):
+    from classeg.training.engines import torch_use_gpu
+
+    assert torch_use_gpu(conf.get, local=local, cuda_available=cuda) is expected

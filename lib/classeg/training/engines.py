@@ -78,6 +78,18 @@ def torch_local_mode(spark, mode: str) -> bool:
     return mode == "local"
 
 
+def torch_use_gpu(conf_get, *, local: bool, cuda_available: bool) -> bool:
+    """TorchDistributor's ``use_gpu``: in local mode the ranks run on the driver, so whether it has CUDA; in
+    barrier mode they run in executor tasks, so whether each task is given GPUs (``spark.task.resource.gpu.amount``
+    above 0, as the EMR steps set it): an EMR driver on a CPU-only master node must still ask for them."""
+    if local:
+        return cuda_available
+    try:
+        return float(conf_get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
 def task_slots(spark) -> tuple[int, str]:
     """How many tasks the cluster can run at once, counted as Spark's barrier check counts them (each
     executor's cores // ``spark.task.cpus``, GPUs and other task resources included), and where they come from
@@ -221,7 +233,10 @@ def _run_engine(spark, plan: TrainPlan, failures: str, *, engine: str, num_proc:
         from pyspark.ml.torch.distributor import TorchDistributor
 
         local = torch_local_mode(spark, torch_mode)
-        log.info("TorchDistributor: %d processes, %s mode", num_proc, "local" if local else "barrier")
-        distributor = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=torch.cuda.is_available())
+        use_gpu = torch_use_gpu(spark.sparkContext.getConf().get, local=local,
+                                cuda_available=torch.cuda.is_available())
+        log.info("TorchDistributor: %d processes, %s mode, %s", num_proc, "local" if local else "barrier",
+                 "GPUs" if use_gpu else "CPUs")
+        distributor = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu)
         return distributor.run(train_process, plan, "torch", failures)
     raise ValueError(f"engine must be one of ('horovod', 'torch'), got {engine!r}")
