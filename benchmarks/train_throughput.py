@@ -26,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 GOAL = 0.85
+ENGINES = ("horovod", "torch")
 
 
 def plain_loop(plan, *, epochs: int, threads: int) -> float:
@@ -57,7 +58,7 @@ def loader_rate(shards, spec: dict, *, task: str, batch_size: int, threads: int)
 
 
 def one_size(spark, work: Path, *, task: str, size: int, patients: int, epochs: int, batch_size: int,
-             rounds: int = 2, engines=("horovod", "torch")) -> dict:
+             rounds: int) -> dict:
     """Every measurement ``rounds`` times, interleaved (plain, then each engine, the order rotated per round),
     over one ingested table and one plain-loop cache; each rate is the median of its rounds."""
     import statistics
@@ -90,14 +91,14 @@ def one_size(spark, work: Path, *, task: str, size: int, patients: int, epochs: 
     rows = counts["train"]["tumor"] if tumor_only else counts["train"]["rows"]
     data = prepare_split(spark, frame, split="train", task=task, tumor_only=tumor_only, rows=rows, processes=1,
                          seed=0, input_spec=spec)
-    runs: dict[str, list[float]] = {name: [] for name in ("plain", *engines)}
-    seconds: dict[str, list[float]] = {engine: [] for engine in engines}
+    runs: dict[str, list[float]] = {name: [] for name in ("plain", *ENGINES)}
+    seconds: dict[str, list[float]] = {engine: [] for engine in ENGINES}
     try:
         model = ModelSpec.from_train_config(train_cfg, class_names=summary["class_names"], input_spec=spec)
         plan = TrainPlan(model=model, recipe=Recipe.from_train_config(train_cfg), splits={"train": data.shards},
                          run_id="plain", run_uri=str(root / "plain"), output=str(root / "plain"), resume=False,
                          s3=None, config={}, fingerprint={})
-        order = ["plain", *engines]
+        order = ["plain", *ENGINES]
         for round_index in range(rounds):
             for name in order[round_index % len(order):] + order[:round_index % len(order)]:
                 if name == "plain":
@@ -118,7 +119,7 @@ def one_size(spark, work: Path, *, task: str, size: int, patients: int, epochs: 
               "runs_images_per_sec": {name: [round(rate, 2) for rate in rates] for name, rates in runs.items()}}
     plain = statistics.median(runs["plain"])
     record["plain_1x2_images_per_sec"] = round(plain, 2)
-    for engine in engines:
+    for engine in ENGINES:
         record[f"{engine}_2x1_images_per_sec"] = round(statistics.median(runs[engine]), 2)
         record[f"{engine}_seconds_total"] = round(statistics.median(seconds[engine]), 1)
         record[f"{engine}_vs_plain"] = round(statistics.median(runs[engine]) / plain, 3)

@@ -327,14 +327,19 @@ class AugmentationDraw:
     factor: float
 
 
+#: The default augmentation ranges (`draw_augmentation`'s keywords), the batched path's too.
+AUGMENTATION_RANGES = {"flip_horizontal": 0.5, "flip_vertical": 0.5, "max_rotation": 10.0, "brightness": 0.1,
+                       "contrast": 0.1}
+
+
 def draw_augmentation(
     rng: np.random.Generator,
     *,
-    flip_horizontal: float = 0.5,
-    flip_vertical: float = 0.5,
-    max_rotation: float = 10.0,
-    brightness: float = 0.1,
-    contrast: float = 0.1,
+    flip_horizontal: float = AUGMENTATION_RANGES["flip_horizontal"],
+    flip_vertical: float = AUGMENTATION_RANGES["flip_vertical"],
+    max_rotation: float = AUGMENTATION_RANGES["max_rotation"],
+    brightness: float = AUGMENTATION_RANGES["brightness"],
+    contrast: float = AUGMENTATION_RANGES["contrast"],
 ) -> AugmentationDraw:
     """Draw one scan's augmentation from ``rng``: exactly five uniform draws whatever the settings (so streams
     stay aligned across settings). The one definition of the ranges, shared by `augment` (numpy, one image)
@@ -360,12 +365,12 @@ def draw_augmentation(
                             offset=float(values["offset"]), factor=float(values["factor"]))
 
 
-def augmentation_from_uniforms(draws: np.ndarray, *, flip_horizontal: float = 0.5, flip_vertical: float = 0.5,
-                               max_rotation: float = 10.0, brightness: float = 0.1,
-                               contrast: float = 0.1) -> dict[str, np.ndarray]:
+def augmentation_from_uniforms(draws: np.ndarray, *, flip_horizontal: float, flip_vertical: float,
+                               max_rotation: float, brightness: float, contrast: float) -> dict[str, np.ndarray]:
     """`draw_augmentation`'s parameters from its five uniform draws (the last axis of ``draws``: one scan's
-    (5,) or a batch's (N, 5)), elementwise and so identical for one scan and for a batch: ``flip_horizontal``
-    and ``flip_vertical`` (bool), ``angle`` (degrees), ``offset`` and ``factor`` (float64)."""
+    (5,) or a batch's (N, 5)) and the ranges (`AUGMENTATION_RANGES` by default), elementwise and so identical
+    for one scan and for a batch: ``flip_horizontal`` and ``flip_vertical`` (bool), ``angle`` (degrees),
+    ``offset`` and ``factor`` (float64)."""
     draws = np.asarray(draws, dtype=np.float64)
     return {"flip_horizontal": draws[..., 0] < flip_horizontal, "flip_vertical": draws[..., 1] < flip_vertical,
             "angle": (2 * draws[..., 2] - 1) * max_rotation, "offset": (2 * draws[..., 3] - 1) * brightness,

@@ -22,15 +22,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from classeg.training.seeded import uniforms
-from classeg.transforms import augmentation_from_uniforms
+from classeg.transforms import AUGMENTATION_RANGES, augmentation_from_uniforms
 
 #: Standard deviation below which a z-scored image is only centred (as `classeg.transforms.zscore`).
 ZSCORE_EPS = 1e-6
-
-
-def unsigned_scan_key(key: int) -> int:
-    """A signed int64 scan key (`classeg.training.data.scan_key`) as the unsigned value of its hex id."""
-    return int(key) & ((1 << 64) - 1)
 
 
 def draw_batch(scan_keys, *, seed: int, epoch: int) -> dict[str, np.ndarray]:
@@ -40,11 +35,12 @@ def draw_batch(scan_keys, *, seed: int, epoch: int) -> dict[str, np.ndarray]:
     keys = np.asarray(scan_keys, dtype=np.int64).reshape(-1)
     # The generators' first five doubles for the whole batch at once (`classeg.training.seeded`: bit for bit
     # what default_rng gives, without a Generator built in Python per scan on the thread that feeds the device).
-    values = augmentation_from_uniforms(uniforms(int(seed), int(epoch), keys.view(np.uint64), 5))
+    # The signed key's bits read unsigned: the scan id's own value, as the numpy path seeds with.
+    values = augmentation_from_uniforms(uniforms(int(seed), int(epoch), keys.view(np.uint64), 5),
+                                        **AUGMENTATION_RANGES)
     return {"flip_x": np.where(values["flip_horizontal"], -1.0, 1.0),
             "flip_y": np.where(values["flip_vertical"], -1.0, 1.0),
-            "angle": np.radians(values["angle"]).astype(np.float64).reshape(-1),
-            "offset": values["offset"].astype(np.float64), "factor": values["factor"].astype(np.float64)}
+            "angle": np.radians(values["angle"]), "offset": values["offset"], "factor": values["factor"]}
 
 
 def affine_matrices(params: Mapping[str, np.ndarray]) -> np.ndarray:
