@@ -570,7 +570,32 @@ def _resident_steps(runner: Runner, ctx, shards, spec: dict, sizes: Sizes, threa
     out = {"batches": len(batches)}
     for name, function in (("augment_and_step", with_augmentation), ("step_only", step_only)):
         out[name] = runner.measure(function, batch=sizes.classifier_batch, image_size=sizes.classifier_size)
+    out["host_syncs"] = host_syncs(runner, with_augmentation, steps=len(batches))
     return out
+
+
+def host_syncs(runner: Runner, function, *, steps: int) -> dict | None:
+    """How often ``steps`` calls of ``function`` made the host wait for the device (CUDA's sync debug mode
+    warns at each such call: a copy from pageable memory, ``.item()``, a data-dependent shape): each one
+    drains the queue of kernels the host had run ahead with. The places (file:line) of the first few.
+    None on the CPU."""
+    if not runner.cuda:
+        return None
+    import warnings
+
+    torch = runner.torch
+    runner.sync()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                function()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    runner.sync()
+    syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    return {"steps": steps, "per_step": len(syncs) / steps, "places": sorted(set(syncs))[:8]}
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -400,6 +400,11 @@ def summarise_gpu(result: dict) -> tuple[str, list[str]]:
                       f"of pixels differ); predictor probabilities max abs error "
                       f"{predictor['probability_max_abs_error']:.2g}, labels agree "
                       f"{predictor['labels_agree_fraction']:.0%}, mask IoU {predictor['mask_iou']:.4f}."]
+    syncs = diagnosis.get("host_syncs")
+    if syncs:
+        lines += ["", f"Host waits for the device per training step (augmentation + step, CUDA sync debug mode): "
+                      f"{_fmt(syncs['per_step'])}" + (f", at {', '.join(syncs['places'])}" if syncs["places"] else "")
+                  + "."]
     goals = result.get("goals", {})
     train_ratio = ratios.get("train_epoch_to_resnet18_train_step")
     score_ratio = ratios.get("predictor_to_model_forward")

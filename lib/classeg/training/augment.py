@@ -43,12 +43,12 @@ def draw_batch(scan_keys, *, seed: int, epoch: int) -> dict[str, np.ndarray]:
             "angle": np.radians(values["angle"]), "offset": values["offset"], "factor": values["factor"]}
 
 
-def affine_matrices(params: Mapping[str, np.ndarray]) -> np.ndarray:
+def affine_matrices(params: Mapping[str, np.ndarray], dtype=np.float32) -> np.ndarray:
     """(N, 2, 3) ``affine_grid`` matrices: output pixel -> input pixel in normalised coordinates, for
     "flip, then rotate counter-clockwise by ``angle``" (the numpy path's order). The inverse of a rotation is
     its transpose and a flip is its own inverse, so the matrix is flip @ rotation.T."""
     cos, sin = np.cos(params["angle"]), np.sin(params["angle"])
-    theta = np.zeros((len(cos), 2, 3), dtype=np.float32)
+    theta = np.zeros((len(cos), 2, 3), dtype=dtype)
     theta[:, 0, 0], theta[:, 0, 1] = params["flip_x"] * cos, params["flip_x"] * -sin
     theta[:, 1, 0], theta[:, 1, 1] = params["flip_y"] * sin, params["flip_y"] * cos
     return theta
@@ -66,6 +66,16 @@ def sampling_grid(theta, *, size: int, dtype, device):
     rows = [theta[:, k, 0].view(-1, 1, 1) * x + (theta[:, k, 1].view(-1, 1, 1) * y + theta[:, k, 2].view(-1, 1, 1))
             for k in (0, 1)]
     return torch.stack(rows, dim=-1)
+
+
+def _on_device(host, *, dtype, device):
+    """A small host tensor as ``dtype`` on ``device``, queued behind the work already there: on CUDA from
+    pinned memory with ``non_blocking``. (``Tensor.to(cuda)`` from pageable memory waits for the device to
+    finish everything queued before it, so the host thread could no longer run ahead of the device.)"""
+    host = host.to(dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _check(images, masks, params) -> None:
@@ -88,14 +98,19 @@ def augment_batch(images, masks=None, *, params: Mapping[str, np.ndarray], scale
     import torch.nn.functional as F
 
     _check(images, masks, params)
-    grid = sampling_grid(torch.from_numpy(affine_matrices(params)), size=images.shape[-1], dtype=images.dtype,
+    count = images.shape[0]
+    # One host array per batch (matrix, factor, offset per scan), one copy to the device.
+    host = np.empty((count, 8), dtype=np.float64)
+    host[:, :6] = affine_matrices(params, dtype=np.float64).reshape(count, 6)
+    host[:, 6], host[:, 7] = params["factor"], params["offset"] * scale
+    values = _on_device(torch.from_numpy(host), dtype=images.dtype, device=images.device)
+    grid = sampling_grid(values[:, :6].view(count, 2, 3), size=images.shape[-1], dtype=images.dtype,
                          device=images.device)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if masks is not None:
         masks = F.grid_sample(masks, grid.to(masks.dtype), mode="nearest", padding_mode="zeros",
                               align_corners=False)
-    factor = torch.from_numpy(params["factor"]).to(images.device, images.dtype).view(-1, 1, 1, 1)
-    offset = torch.from_numpy(params["offset"] * scale).to(images.device, images.dtype).view(-1, 1, 1, 1)
+    factor, offset = values[:, 6].view(-1, 1, 1, 1), values[:, 7].view(-1, 1, 1, 1)
     shift = offset + images.mean(dim=(1, 2, 3), keepdim=True) * (1 - factor)
     return images.mul_(factor).add_(shift).clamp_(0.0, scale), masks
 
@@ -117,11 +132,9 @@ def normalize_batch(images, input_spec: Mapping[str, Any], *, scale: float = 1.0
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"input_spec mean/std have {len(mean)}/{len(std)} values, the images {channels} channels")
     # (x / scale - mean) / std as one multiply-add: x * (1 / (scale std)) - mean / std
-    gain = torch.tensor([1.0 / (scale * s) for s in std], dtype=images.dtype)
-    bias = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=images.dtype)
-    view = (1, channels, 1, 1)
-    return images.mul_(gain.to(images.device, non_blocking=True).view(view)).add_(
-        bias.to(images.device, non_blocking=True).view(view))
+    host = torch.tensor([[1.0 / (scale * s) for s in std], [-m / s for m, s in zip(mean, std)]], dtype=images.dtype)
+    gain, bias = _on_device(host, dtype=images.dtype, device=images.device).view(2, 1, channels, 1, 1)
+    return images.mul_(gain).add_(bias)
 
 
 def model_inputs(batch: Mapping[str, Any], *, task: str, input_spec: Mapping[str, Any], device,

@@ -23,8 +23,8 @@ def _bar(total: int, enabled: bool, description: str):
 
 
 class EpochProgress:
-    """``update`` after every micro-batch; ``mean_loss`` is called only when a line or the bar shows it
-    (reading a loss on the device waits for the device)."""
+    """``update`` after every micro-batch; ``mean_loss`` is called only when a line or the bar's loss shows it,
+    ``PROGRESS_LINES`` times an epoch (reading a loss on the device waits for the device)."""
 
     def __init__(self, *, rank0: bool, total: int, epoch: int, epochs: int) -> None:
         self.rank0, self.total, self.epoch, self.epochs = rank0, total, epoch, epochs
@@ -34,7 +34,8 @@ class EpochProgress:
     def update(self, micro: int, mean_loss: Callable[[], float], *, images_per_sec: float) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{mean_loss():.4f}")
+            if (micro + 1) % self.every == 0 or micro + 1 == self.total:  # the loss read waits for the device
+                self.bar.set_postfix(loss=f"{mean_loss():.4f}")
         elif self.rank0 and (micro + 1) % self.every == 0 and micro + 1 < self.total:
             log.info("epoch %d/%d %3d%% (%d/%d steps) loss %.4f, %.1f images/s", self.epoch + 1, self.epochs,
                      100 * (micro + 1) // self.total, micro + 1, self.total, mean_loss(), images_per_sec)
