@@ -10,7 +10,8 @@ process (AdamW), in these modes, each ``--rounds`` times interleaved (the median
 - ``plain``: one process, torch on 2 threads (the baseline of train_throughput.py);
 - ``independent``: two processes at once, 1 thread each, no communication (what 2x1 gives at best);
 - ``ddp``: the same two processes averaging gradients with DistributedDataParallel over Gloo (bucket
-  `classeg.training.collectives.DDP_BUCKET_MB`), as the torch engine's ranks do on the CPU.
+  `classeg.training.collectives.DDP_BUCKET_MB`), as the torch engine's ranks do on the CPU;
+- ``ddp_fp16``: the same with DDP's ``fp16_compress_hook`` (``train.grad_compression=fp16``).
 
 Images/s is over all processes; per mode the mean forward, backward (with DDP's allreduce inside it) and
 optimizer milliseconds per step of rank 0. Also the time of one Gloo allreduce of a tensor the size of the
@@ -30,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cpu_scaling.json"
-MODES = (("plain", 1, 2), ("independent", 2, 1), ("ddp", 2, 1))
+MODES = (("plain", 1, 2), ("independent", 2, 1), ("ddp", 2, 1), ("ddp_fp16", 2, 1))
 BATCH = 16
 
 
@@ -51,11 +52,15 @@ def _rank(rank: int, world: int, mode: str, size: int, steps: int, threads: int,
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_classifier(arch="resnet18", num_classes=2, head="linear", input_size=size)
-    if mode == "ddp":
+    if mode.startswith("ddp"):
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
         model = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=DDP_BUCKET_MB,
                                                           gradient_as_bucket_view=True)
+        if mode == "ddp_fp16":
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            model.register_comm_hook(None, default_hooks.fp16_compress_hook)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images, labels = torch.randn(BATCH, 3, size, size), torch.randint(0, 2, (BATCH,))
     phases = dict.fromkeys(("forward", "backward", "optimizer"), 0.0)
@@ -75,7 +80,7 @@ def _rank(rank: int, world: int, mode: str, size: int, steps: int, threads: int,
         phases["backward"] += tack - tock
         phases["optimizer"] += time.perf_counter() - tack
     seconds = time.perf_counter() - started
-    if mode == "ddp":
+    if mode.startswith("ddp"):
         torch.distributed.destroy_process_group()
     out.put({"rank": rank, "images_per_sec": BATCH * steps / seconds,
              "ms_per_step": {name: round(value / steps * 1e3, 1) for name, value in phases.items()}})
@@ -156,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                            "ms_per_step": runs[mode][-1]["ms_per_step"]}
         plain = entry["plain"]["images_per_sec"]
         entry["independent_vs_plain"] = round(entry["independent"]["images_per_sec"] / plain, 3)
-        entry["ddp_vs_plain"] = round(entry["ddp"]["images_per_sec"] / plain, 3)
+        for mode, _, _ in MODES[1:]:
+            entry[f"{mode}_vs_plain"] = round(entry[mode]["images_per_sec"] / plain, 3)
         record["sizes"].append(entry)
     port += 1
     record["gloo_allreduce_ms"] = _spawn(_allreduce, 2, port, numel)[0]

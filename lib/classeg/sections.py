@@ -142,6 +142,7 @@ class TrainSection(Section):
     augment: bool
     loader_threads: int  # reader threads per process over the training cache
     compile: bool  # torch.compile the training forward on CUDA
+    grad_compression: Literal["none", "fp16"]  # dtype of the gradient allreduce (training.collectives)
     torch_mode: str  # checked by classeg.training.engines (TORCH_MODES) where the torch engine starts
     eval_before_training: bool
     record_shards: bool

@@ -76,6 +76,7 @@ import yaml  # noqa: E402
 
 from classeg import config as config_module  # noqa: E402
 from classeg.sections import SECTIONS, ScoreSection, Section, TrainSection  # noqa: E402
+from classeg.training import collectives  # noqa: E402
 
 
 def _yaml_defaults() -> dict:
@@ -121,7 +122,7 @@ def test_a_default_file_that_disagrees_with_the_dataclasses_is_refused(tmp_path,
 def test_every_literal_default_is_one_of_its_choices():
     defaults = _yaml_defaults()
     literals = dict(_literal_fields())
-    assert len(literals) == 13
+    assert len(literals) == 14
     for dotted, choices in literals.items():
         section, name = dotted.split(".")
         assert defaults[section][name] in choices, dotted
@@ -133,10 +134,12 @@ def test_choices_are_what_the_annotations_say():
     assert config_module.CHOICES["train.engine"] == ("horovod", "torch")
     assert config_module.CHOICES["ingest.dataset"] == ("lgg", "figshare", "folders")
     assert config_module.CHOICES["train.loss"] == ("focal_tversky", "dice", "bce_dice")
+    # the engines' allreduce dtypes (Horovod reduces no bf16)
+    assert config_module.CHOICES["train.grad_compression"] == collectives.GRAD_COMPRESSION == ("none", "fp16")
     assert sorted(config_module.CHOICES) == [
         "ingest.dataset", "ingest.read", "s3.sse", "train.arch", "train.class_weights", "train.engine",
-        "train.head", "train.loss", "train.optimizer", "train.schedule", "train.segment_slices", "train.strategy",
-        "train.task"]
+        "train.grad_compression", "train.head", "train.loss", "train.optimizer", "train.schedule",
+        "train.segment_slices", "train.strategy", "train.task"]
 
 
 def test_annotations_of_keys_with_null_or_open_defaults():

@@ -17,7 +17,7 @@ from classeg.artifact import save_artifact
 from classeg.config import ConfigError, load_config
 from classeg.io import files
 from classeg.training import checkpoints
-from classeg.training.checkpoints import TrainState, upgrade_metric_names
+from classeg.training.checkpoints import TrainState, state_checksum, upgrade_metric_names
 from classeg.training.collectives import LocalCollectives, for_engine
 from classeg import transforms as T
 from classeg.training.cache import cache_row
@@ -31,7 +31,7 @@ from classeg.training.data import (
     shard_rows,
 )
 from classeg.training.job import _check_splits, resolve_weights
-from classeg.training.loop import build_model, monitor_spec, state_checksum, train_step
+from classeg.training.loop import build_model, monitor_spec, train_step
 from classeg.training.optim import LRSchedule, build_optimizer, class_weights
 from classeg.training.outputs import operating_point
 from classeg.training.plan import ModelSpec, Recipe, TrainPlan

@@ -20,6 +20,7 @@ Metric names: history entries use ``_tumor`` (``val_dice_tumor``); checkpoints w
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import random
@@ -183,3 +184,14 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def state_checksum(module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, values): equal on ranks holding the same model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(name.encode())
+        digest.update(str(array.dtype).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -13,10 +13,13 @@ lazily, so shipping the training function to executors imports nothing heavy on 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("classeg.training")
 
 ENGINES = ("horovod", "torch")
 #: DDP's gradient bucket size (MiB). PyTorch's 25 splits a ResNet18's fp32 gradients (about 45 MiB) into several
@@ -30,6 +33,14 @@ DDP_BUCKET_MB = 50
 #: processes on 2 cores trained faster at 5 ms than at 1 ms (BENCHMARKS.md, training throughput). A
 #: HOROVOD_CYCLE_TIME in the rank's environment wins.
 HOROVOD_CYCLE_MS = {"cuda": "1", "cpu": "5"}
+#: ``train.grad_compression``: the dtype gradients travel in between ranks. ``fp16`` halves the bytes of every
+#: allreduce (Horovod's ``Compression.fp16``, DDP's ``fp16_compress_hook``): each rank casts its gradients to
+#: fp16, the sum (DDP: of gradients divided by the world size first) is taken in fp16, and the result is cast
+#: back to fp32 before the optimizer step, the same on every rank. Values keep about 3 significant digits, and
+#: magnitudes below fp16's smallest normal (6e-5; 6e-8 subnormal) lose precision or become 0. Horovod has no
+#: bf16 reduction, so bf16 is not offered. Training on the CPU, DDP over Gloo gained from it and Horovod lost
+#: (BENCHMARKS.md, training throughput): Horovod's ranks warn.
+GRAD_COMPRESSION = ("none", "fp16")
 
 
 class Collectives:
@@ -62,9 +73,11 @@ class Collectives:
         """Release the engine (process group); called once at the end of the rank function."""
 
     # ------------------------------------------------------------------------------------ optimisation
-    def wrap(self, model, optimizer, *, accum_steps: int, device):
+    def wrap(self, model, optimizer, *, accum_steps: int, device, compression: str = "none"):
         """Return (model used for the training forward pass, optimizer used for stepping), with rank 0's
-        parameters on every rank. Load optimizer state into the returned optimizer, not the one passed in."""
+        parameters on every rank. Load optimizer state into the returned optimizer, not the one passed in.
+        ``compression``: one of `GRAD_COMPRESSION`, the dtype of the gradient allreduce (one process: none)."""
+        _check_compression(compression)
         return model, optimizer
 
     def broadcast_optimizer_state(self, optimizer) -> None:
@@ -144,13 +157,18 @@ class HorovodCollectives(Collectives):
     def shutdown(self) -> None:
         self.hvd.shutdown()
 
-    def wrap(self, model, optimizer, *, accum_steps: int, device):
+    def wrap(self, model, optimizer, *, accum_steps: int, device, compression: str = "none"):
+        _check_compression(compression)
+        if compression == "fp16" and device.type == "cpu" and self.rank == 0:
+            log.warning("train.grad_compression=fp16 with Horovod on the CPU: its fp16 allreduce was measured "
+                        "slower than fp32 there (BENCHMARKS.md, training throughput); the torch engine gains")
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # distributed: rank 0's weights everywhere
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         # A new optimizer object over the same parameter groups (any state of `optimizer` is not carried over).
-        return model, hvd.DistributedOptimizer(optimizer, named_parameters=trainable,
-                                               backward_passes_per_step=accum_steps, op=hvd.Average)
+        return model, hvd.DistributedOptimizer(
+            optimizer, named_parameters=trainable, backward_passes_per_step=accum_steps, op=hvd.Average,
+            compression=hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none)
 
     def broadcast_optimizer_state(self, optimizer) -> None:
         # Only with state: on an empty optimizer Horovod would run a zero-gradient step to create the state,
@@ -213,17 +231,28 @@ class TorchCollectives(Collectives):
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
 
-    def wrap(self, model, optimizer, *, accum_steps: int, device):
+    def wrap(self, model, optimizer, *, accum_steps: int, device, compression: str = "none"):
         from torch.nn.parallel import DistributedDataParallel
 
+        _check_compression(compression)
         # distributed: DDP broadcasts rank 0's parameters and buffers at construction and averages gradients,
         # in buckets of DDP_BUCKET_MB; the gradients live in the buckets (no copy in and out of them).
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=DDP_BUCKET_MB,
-                                       gradient_as_bucket_view=True), optimizer
+        wrapped = DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=DDP_BUCKET_MB,
+                                          gradient_as_bucket_view=True)
+        if compression == "fp16":
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            wrapped.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return wrapped, optimizer
 
     def no_sync(self, train_model):
         return train_model.no_sync()
+
+
+def _check_compression(compression: str) -> None:
+    if compression not in GRAD_COMPRESSION:
+        raise ValueError(f"train.grad_compression must be one of {GRAD_COMPRESSION}, got {compression!r}")
 
 
 def for_engine(engine: str) -> Collectives:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import math
 import random
@@ -68,17 +67,6 @@ def monitor_spec(task: str, monitor: str) -> tuple[str, bool]:
     if monitor == "auto":
         monitor = "balanced_accuracy" if task == "classify" else "dice_tumor"
     return monitor, monitor != "loss"
-
-
-def state_checksum(module) -> str:
-    """SHA-256 over a module's state dict (names, dtypes, values): equal on ranks holding the same model."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(name.encode())
-        digest.update(str(array.dtype).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def build_model(spec: ModelSpec, *, load_weights: bool):
@@ -343,9 +331,10 @@ def run(plan: TrainPlan, coll: Collectives) -> dict | None:
             log.info("before training: val loss %.4f, %s %.4f", state.initial_val["loss"], monitor,
                      state.initial_val.get(monitor, math.nan))
     if rank == 0:
-        log.info("training %s on %d process(es) (%s, %s: %s): %d epochs x %d steps of %d images per process, "
+        log.info("training %s on %d process(es) (%s, %s: %s%s): %d epochs x %d steps of %d images per process, "
                  "lr %.3g (x%d processes), start at epoch %d", plan.task, coll.size, coll.name, ctx.device,
-                 ctx.settings.describe(),
+                 ctx.settings.describe(), ", fp16 gradient allreduce" if recipe.grad_compression == "fp16"
+                 and coll.size > 1 else "",
                  recipe.epochs, ctx.steps_per_epoch, recipe.batch_size * recipe.grad_accum_steps, recipe.lr,
                  coll.size, state.epoch + 1)
     epoch_seconds: list[float] = []
@@ -418,7 +407,8 @@ def setup(plan: TrainPlan, coll: Collectives) -> tuple[RankContext, TrainState]:
             checkpoints.set_rng_state(rng[rank])
         if rank == 0:
             log.info("resuming run %s after epoch %d of %d", plan.run_id, state.epoch, recipe.epochs)
-    train_model, optimizer = coll.wrap(model, optimizer, accum_steps=accum, device=device)
+    train_model, optimizer = coll.wrap(model, optimizer, accum_steps=accum, device=device,
+                                       compression=recipe.grad_compression)
     train_model = accel.compiled(settings, train_model)
     if checkpoint is not None:
         # After wrapping: Horovod's DistributedOptimizer is a new optimizer over the same parameter groups.
@@ -462,8 +452,8 @@ def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[fl
     resumed_seen = seen
     keys = set() if recipe.record_shards and "train" not in ctx.scan_keys else None
     progress = EpochProgress(rank0=coll.rank == 0, total=ctx.micro_steps, epoch=epoch, epochs=recipe.epochs)
-    with contextlib.closing(accel.copied_ahead(_train_batches(plan, rank=coll.rank, size=coll.size, epoch=epoch,
-                                                         steps=ctx.micro_steps), ctx.device)) as batches:
+    source = _train_batches(plan, rank=coll.rank, size=coll.size, epoch=epoch, steps=ctx.micro_steps)
+    with contextlib.closing(accel.copied_ahead(source, ctx.device)) as batches:
         for micro, batch in enumerate(batches):
             if keys is not None:
                 keys.update(int(k) for k in batch["scan_key"])
@@ -557,7 +547,7 @@ def finish(ctx: RankContext, state: TrainState) -> dict | None:
         report = test_meter.report(plan.class_names)
         test.update(confusion_matrix=report["confusion_matrix"], per_class=report["per_class"])
     evaluation = Evaluation(test=test, dice=dice, samples=samples,
-                            checksums=coll.allgather_object(state_checksum(ctx.model)),
+                            checksums=coll.allgather_object(checkpoints.state_checksum(ctx.model)),
                             shards=_gathered_shards(ctx) if plan.recipe.record_shards else None,
                             validation=None if segment else _validation_scores(ctx))
     result = write_outputs(ctx, state, evaluation) if coll.rank == 0 else None

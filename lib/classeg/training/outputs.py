@@ -36,7 +36,7 @@ class Evaluation:
 
     ``test``: test-split metrics of the best weights (a classifier's with ``confusion_matrix`` and
     ``per_class``); ``dice``: per tumour slice, every rank's (segment); ``samples``: rank 0's gallery
-    (segment); ``checksums``: per rank, `classeg.training.loop.state_checksum` of its final model;
+    (segment); ``checksums``: per rank, `classeg.training.checkpoints.state_checksum` of its final model;
     ``shards``: per split, per rank, the scan ids read (``train.record_shards``) or None; ``validation``: a
     classifier's validation labels (N,) and class probabilities (N, K) under the final weights, else None.
     """

@@ -100,6 +100,7 @@ class Recipe:
     threads_per_proc: int
     loader_threads: int
     compile: bool
+    grad_compression: str
     eval_before_training: bool
     record_shards: bool
     target_sensitivity: float
