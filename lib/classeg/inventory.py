@@ -279,7 +279,7 @@ def _normalised(table, uri: str, file_format: str):
         key = table.column("key")
         latest = pa.repeat(pa.scalar(True), table.num_rows)
         if file_format == "CSV":
-            key = pa.array([_decode_key(value) for value in key.to_pylist()], type=pa.string())
+            key = _decoded_keys(key)
             size = pc.cast(table.column("size"), pa.int64())
             modified = pc.cast(table.column("last_modified_date"), pa.timestamp("ms", tz="UTC"))
             flags = {name: pc.equal(pc.utf8_lower(table.column(name)), "true")
@@ -301,10 +301,17 @@ def _normalised(table, uri: str, file_format: str):
                      "latest": latest})
 
 
-def _decode_key(value: str | None) -> str | None:
-    if value is None or ("%" not in value and "+" not in value):
-        return value
-    return unquote_plus(value)
+def _decoded_keys(keys):
+    """CSV keys URL-decoded (a space as ``+``): only the keys holding ``%`` or ``+`` pass through Python."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = pc.cast(keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys, pa.string())
+    encoded = pc.fill_null(pc.match_substring_regex(keys, r"[%+]"), False)
+    if not pc.any(encoded).as_py():
+        return keys
+    decoded = pa.array([unquote_plus(value) for value in keys.filter(encoded).to_pylist()], type=pa.string())
+    return pc.replace_with_mask(keys, encoded, decoded)
 
 
 def _archive_rows(table, archive: Location, suffixes: tuple[str, ...] | None):

@@ -380,3 +380,20 @@ def test_mark_run_complete_rejects(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         mark_run_complete(tmp_path / "out", **arguments)
     assert not (tmp_path / "out" / "_runs" / "r1.json").exists()
+
+
+def test_inventory_csv_keys_are_url_decoded_as_unquote_plus_decodes_them():
+    """AWS URL-encodes CSV inventory keys (a space as +): every chunk, plain keys, encoded ones and nulls."""
+    from urllib.parse import quote_plus, unquote_plus
+
+    import pyarrow as pa
+
+    from classeg.inventory import _decoded_keys
+
+    names = ["scans/p0/s000.png", "scans/with space+plus.png", "scans/100%/ünïcode.dcm", "a/b%2Fc", None, "x+y"]
+    encoded = [quote_plus(name, safe="/") if name is not None and "%2F" not in name else name for name in names]
+    chunks = pa.chunked_array([encoded[:2], encoded[2:4], encoded[4:]], type=pa.string())
+    assert _decoded_keys(chunks).to_pylist() == [None if e is None else unquote_plus(e) for e in encoded]
+    assert _decoded_keys(chunks).to_pylist()[:3] == names[:3]
+    plain = pa.chunked_array([["a/b.png", "c/d.dcm"]])
+    assert _decoded_keys(plain).to_pylist() == ["a/b.png", "c/d.dcm"]
