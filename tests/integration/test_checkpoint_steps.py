@@ -4,8 +4,6 @@ weights of an uninterrupted run. Real Horovod ranks (2 processes, Gloo) on local
 table (32x32 slices, 8 steps of 2 images per rank and epoch)."""
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from classeg.config import load_config
 from classeg.errors import ConfigError
 from classeg.training import checkpoints, run_training
 from lgg_tables import small_lgg_table
+from rank_faults import killing_a_rank
 
 SIZE = 32
 
@@ -42,46 +41,13 @@ def uninterrupted(table, spark, tmp_path_factory):
     return run_training(spark, _cfg(table, output, "train.run_id=full")), output
 
 
-def _kill_a_rank_within_epoch_1(path: Path, seen: list, stop) -> None:
-    """Once ``path`` is a ``last.pt`` written after 2 or more micro-batches of epoch 1, SIGKILL one Horovod
-    training process (a descendant of this test process running horovod's gloo_exec_fn), as a lost node would.
-    ``seen`` gets that checkpoint's (epoch, micro, step) and the killed pid."""
-    import psutil
-
-    mtime = None
-    while not stop.is_set() and not seen:
-        stop.wait(0.05)
-        try:
-            stamp = path.stat().st_mtime_ns
-            if stamp == mtime:
-                continue
-            mtime, checkpoint = stamp, checkpoints.load(str(path))
-        except (OSError, ValueError):  # not written yet
-            continue
-        if checkpoint["epoch"] != 0 or checkpoint.get("micro", 0) < 2:
-            continue
-        for process in psutil.Process().children(recursive=True):
-            try:
-                if "gloo_exec_fn" in " ".join(process.cmdline()):
-                    process.send_signal(signal.SIGKILL)
-                    seen.append((checkpoint["epoch"], checkpoint["micro"], checkpoint["step"], process.pid))
-                    return
-            except psutil.Error:
-                continue
-
-
 def test_a_rank_killed_mid_epoch_resumes_there_and_matches_an_uninterrupted_run(uninterrupted, table, spark):
     full, output = uninterrupted
-    seen, stop = [], threading.Event()
-    killer = threading.Thread(target=_kill_a_rank_within_epoch_1,
-                              args=(output / "runs" / "killed" / "checkpoints" / "last.pt", seen, stop))
-    killer.start()
-    try:
+    # once a last.pt is written after 2 or more micro-batches of epoch 1
+    within_epoch_1 = lambda checkpoint: checkpoint["epoch"] == 0 and checkpoint.get("micro", 0) >= 2  # noqa: E731
+    with killing_a_rank(output / "runs" / "killed" / "checkpoints" / "last.pt", within_epoch_1) as seen:
         restarted = run_training(spark, _cfg(table, output, "train.run_id=killed", "train.checkpoint_every_steps=1",
                                              "train.max_restarts=1"))
-    finally:
-        stop.set()
-        killer.join()
     assert seen, "no training process was killed within epoch 1: the test did not exercise a restart"
     steps_per_epoch = full["steps_per_epoch"]
     assert steps_per_epoch >= 4 and restarted["steps_per_epoch"] == steps_per_epoch

@@ -21,6 +21,7 @@ from classeg.config import load_config
 from classeg.ingest.table import read_scan_table
 from classeg.training import checkpoints, run_training
 from lgg_tables import small_lgg_table
+from rank_faults import killing_a_rank
 
 SIZE = 32
 # The classifier runs' rate: two epochs at it lower this tiny table's validation loss. A from-scratch backbone
@@ -170,43 +171,15 @@ def test_resume_matches_uninterrupted_run(classifier_run, table, spark, tmp_path
     assert second["history"][1]["train_loss"] == pytest.approx(result["history"][1]["train_loss"], rel=1e-5)
 
 
-def _kill_one_rank_after(path: Path, killed: list, stop) -> None:
-    """Once ``path`` (epoch 1's last.pt) exists, SIGKILL one Horovod training process (a rank started by a
-    Spark task: a descendant of this test process running horovod's gloo_exec_fn), as a lost node would."""
-    import signal
-
-    import psutil
-
-    while not stop.is_set() and not killed:
-        if path.exists():
-            for process in psutil.Process().children(recursive=True):
-                try:
-                    if "gloo_exec_fn" in " ".join(process.cmdline()):
-                        process.send_signal(signal.SIGKILL)
-                        killed.append(process.pid)
-                        return
-                except psutil.Error:
-                    continue
-        stop.wait(0.05)
-
-
 def test_a_killed_rank_is_relaunched_from_last_pt_and_matches_an_uninterrupted_run(classifier_run, table, spark):
-    import threading
-
     result, output = classifier_run
     scans, rows, summary = table
-    killed, stop = [], threading.Event()
-    killer = threading.Thread(target=_kill_one_rank_after,
-                              args=(output / "runs" / "killed" / "checkpoints" / "last.pt", killed, stop))
-    killer.start()
-    try:
+    with killing_a_rank(output / "runs" / "killed" / "checkpoints" / "last.pt") as killed:  # once epoch 1's exists
         restarted = run_training(spark, _cfg(scans, output, "train.task=classify", "train.engine=horovod",
                                              "train.run_id=killed", CLASSIFIER_LR, "train.max_restarts=1"))
-    finally:
-        stop.set()
-        killer.join()
     assert killed, "no training process was killed: the test did not exercise a restart"
-    assert restarted["resumed"] and restarted["start_epoch"] == 2, "the relaunch resumed from epoch 1's last.pt"
+    assert restarted["resumed"] and restarted["start_epoch"] == 2, (
+        f"expected the relaunch to resume from epoch 1's last.pt (killed: {killed})")
     assert [h["epoch"] for h in restarted["history"]] == [1, 2]
     again, uninterrupted = _weights(output / "runs" / "killed"), _weights(output / "runs" / "full")
     for key in uninterrupted:
