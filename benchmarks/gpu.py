@@ -344,13 +344,15 @@ def run_predictor(runner: Runner, pool: list, *, scans: int, base_filters: int, 
         done += count
     runner.sync()  # predict returns numpy results, so this only closes the span
     seconds = time.perf_counter() - started
+    last = [predictor.prepare(scan) for scan in pool[:batch]]
+    syncs = host_syncs(runner, lambda: predictor.predict(last), steps=2)
     return {"images_per_sec": done / seconds, "batch": batch, "image_size": sizes.scan_size,
             "classifier_input_size": sizes.classifier_size, "segmenter_input_size": sizes.segmenter_size,
             "seconds": seconds, "scans": done, "scans_requested": scans, "stopped_early": done < scans,
             "distinct_scans": len(pool), "segmented": segmented, "segmented_fraction": segmented / max(done, 1),
             "tumor_threshold": threshold, "prepare_seconds": prepare_seconds, "predict_seconds": predict_seconds,
             "prepare_threads": 1, "autocast_dtype": probe.close(), "channels_last": channels_last,
-            "cudnn_benchmark": bool(runner.torch.backends.cudnn.benchmark)}
+            "cudnn_benchmark": bool(runner.torch.backends.cudnn.benchmark), "host_syncs": syncs}
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -821,8 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     diagnosis = result.get("train_epoch", {}).get("without_loader", {})
     for name in ("augment_and_step", "step_only"):
-        result["ratios"][f"train_{name}_to_resnet18_train_step"] = _ratio(diagnosis.get(name, {}),
-                                                                         ceilings.get("resnet18_train_step", {}))
+        result["ratios"][f"train_{name}_to_resnet18_train_step"] = _ratio(
+            diagnosis.get(name, {}), ceilings.get("resnet18_train_step", {}))
     result["goals"] = GOALS
     result["seconds_total"] = time.perf_counter() - started
     _emit(result, args.out)

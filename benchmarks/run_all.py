@@ -304,6 +304,10 @@ def summarise_train_throughput(result: dict) -> tuple[str, list[str]]:
              run["torch_vs_plain"]] for run in result["sizes"]]
     lines = _table(["image px", "Horovod 2x1 images/s", "torch 2x1 images/s", "plain loop 1x2 images/s",
                     "loader alone images/s", "Horovod / plain", "torch / plain"], rows)
+    if all("torch_fp16_vs_plain" in run for run in result["sizes"]):
+        lines += ["", "With `train.grad_compression=fp16` (not the default; gradients averaged in fp16): "
+                  + "; ".join(f"{run['image_size']} px Horovod {_fmt(run['horovod_fp16_vs_plain'])}x, torch "
+                              f"{_fmt(run['torch_fp16_vs_plain'])}x the plain loop" for run in result["sizes"]) + "."]
     goal = result.get("goal", 0.85)
     low_h, low_t = result["min_horovod_vs_plain"], result["min_torch_vs_plain"]
     met = low_h >= goal and low_t >= goal
@@ -342,7 +346,9 @@ def summarise_cpu_scaling(result: dict) -> tuple[str, list[str]]:
     """Model-only 2x1 against 1x2 on the CPU: without communication and with DDP's allreduce."""
     rows = []
     for entry in result["sizes"]:
-        for mode in ("plain", "independent", "ddp"):
+        for mode in ("plain", "independent", "ddp", "ddp_fp16"):
+            if mode not in entry:
+                continue
             ms = entry[mode]["ms_per_step"]
             rows.append([entry["image_size"], mode, entry[mode]["images_per_sec"],
                          _fmt(entry[mode]["images_per_sec"] / entry["plain"]["images_per_sec"]),
@@ -354,7 +360,9 @@ def summarise_cpu_scaling(result: dict) -> tuple[str, list[str]]:
                   f"1-thread processes: {allreduce.get('float32')} ms in fp32, {allreduce.get('bfloat16')} ms in "
                   f"bf16."]
     headline = "; ".join(f"{entry['image_size']} px: 2x1 without communication {_fmt(entry['independent_vs_plain'])}x, "
-                         f"with DDP {_fmt(entry['ddp_vs_plain'])}x the 1x2 process" for entry in result["sizes"])
+                         f"with DDP {_fmt(entry['ddp_vs_plain'])}x"
+                         + (f" (fp16 allreduce {_fmt(entry['ddp_fp16_vs_plain'])}x)" if "ddp_fp16_vs_plain" in entry
+                            else "") + " the 1x2 process" for entry in result["sizes"])
     return headline, lines
 
 
@@ -403,6 +411,11 @@ def summarise_gpu(result: dict) -> tuple[str, list[str]]:
     syncs = diagnosis.get("host_syncs")
     if syncs:
         lines += ["", f"Host waits for the device per training step (augmentation + step, CUDA sync debug mode): "
+                      f"{_fmt(syncs['per_step'])}" + (f", at {', '.join(syncs['places'])}" if syncs["places"] else "")
+                  + "."]
+    syncs = (result.get("predictor") or {}).get("host_syncs")
+    if syncs:
+        lines += ["", "Host waits for the device per predictor batch (CUDA sync debug mode): "
                       f"{_fmt(syncs['per_step'])}" + (f", at {', '.join(syncs['places'])}" if syncs["places"] else "")
                   + "."]
     goals = result.get("goals", {})

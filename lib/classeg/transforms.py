@@ -1,4 +1,5 @@
-"""Image transforms for training and scoring: pure functions over numpy arrays (and torch for `resize_tensor`).
+"""Image transforms for training and scoring: pure functions over numpy arrays (and torch for `resize_tensor`
+and `queued_copy`).
 
 Conventions: images are numpy arrays (H, W) or (H, W, C), either ``uint8`` (0-255) or floating point
 intensities in [0, 1]; functions that compute return ``float32``. Masks are (H, W) arrays, foreground
@@ -120,6 +121,17 @@ def resize(image: np.ndarray, *, size: int | Sequence[int], interpolation: str =
         return np.asarray(pil.resize((width, height), resample=resample), dtype=np.float32)
 
     return _per_channel(image, one)
+
+
+def queued_copy(host, *, device, dtype=None):
+    """A small host tensor (as ``dtype``, if given) on ``device``, queued behind the work already there: on CUDA
+    from pinned memory with ``non_blocking``. ``Tensor.to(cuda)`` from pageable memory (and
+    ``torch.as_tensor(values, device=cuda)``) waits for the device to finish everything queued before it, so
+    the host thread could no longer run ahead of the device."""
+    host = host if dtype is None else host.to(dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def resize_tensor(tensor, *, size: int | Sequence[int], interpolation: str = "bilinear"):

@@ -250,16 +250,20 @@ _SPECS = {
 }
 
 
+@pytest.mark.parametrize("shapes", ["mixed", "one"])
 @pytest.mark.parametrize("name", sorted(_SPECS))
-def test_device_inputs_match_the_training_preprocessing(name):
-    """A batch of mixed sizes and channel counts (down- and upscaled, one constant scan) against
-    preprocess_for_model, one scan at a time on the host."""
+def test_device_inputs_match_the_training_preprocessing(name, shapes):
+    """A batch of mixed sizes and channel counts (down- and upscaled, one constant scan), or of one shape (the
+    whole batch in one piece), against preprocess_for_model, one scan at a time on the host."""
     import torch
 
     spec = _SPECS[name]
     rng = np.random.default_rng(5)
-    scans = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), rng.integers(0, 256, (50, 50), dtype=np.uint8),
-             rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), np.full((20, 20), 7, np.uint8)]
+    if shapes == "mixed":
+        scans = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), rng.integers(0, 256, (50, 50), dtype=np.uint8),
+                 rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), np.full((20, 20), 7, np.uint8)]
+    else:
+        scans = [rng.integers(0, 256, (40, 40), dtype=np.uint8) for _ in range(3)] + [np.full((40, 40), 9, np.uint8)]
     batch = model_inputs(scans, spec, torch.device("cpu")).numpy()
     assert batch.shape == (4, spec["channels"], spec["size"], spec["size"]) and batch.dtype == np.float32
     for scan, computed in zip(scans, batch):
@@ -318,6 +322,33 @@ def test_stage_seconds_are_counted(scored, predictor, archive):
     assert values["write"] >= 0
     assert (values["images"], values["batches"], values["largest_batch"]) == (24, 5, 5)
     assert rows["mask"].notna().sum() == 24
+
+
+def test_stage_clock_adds_the_time_between_marks_to_each_stage():
+    """On the CPU the clock is the host's: each mark's stage gets the time since the previous mark."""
+    import time
+
+    import torch
+
+    from classeg.scoring.device import StageClock
+
+    stages = StageTimes()
+    started = time.perf_counter()
+    clock = StageClock(torch.device("cpu"), stages)
+    time.sleep(0.02)
+    clock.mark("preprocess")
+    time.sleep(0.05)
+    clock.mark("classify")
+    wall = time.perf_counter() - started
+    clock.close()
+    values = stages.as_dict()
+    assert values["preprocess"] >= 0.02 and values["classify"] >= 0.05, values
+    assert values["preprocess"] + values["classify"] <= wall
+    assert values["segment"] == 0
+    clock.close()  # closing again adds nothing
+    assert stages.as_dict() == values
+    with pytest.raises(ValueError, match="stage must be one of"):
+        StageClock(torch.device("cpu"), stages).mark("preprocessing")
 
 
 def test_stage_times_reject_unknown_stages():

@@ -12,12 +12,15 @@ torch is imported inside the functions: this module is imported on the driver.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DeviceMasks", "model_inputs", "masks_at_sizes", "shape_groups"]
+from classeg.scoring.stages import STAGES
+
+__all__ = ["DeviceMasks", "StageClock", "model_inputs", "masks_at_sizes", "shape_groups"]
 
 # preprocess_for_model's z-score: a (near-)constant image is only centred.
 _ZSCORE_EPS = 1e-6
@@ -58,6 +61,20 @@ def _channels(batch, channels: int):
     return values
 
 
+# (values, device) -> a float32 tensor on the device: a model's normalisation constants, copied there once.
+_CONSTANTS: dict = {}
+
+
+def _constant(values: Sequence[float], device):
+    import torch
+
+    key = (tuple(float(v) for v in values), str(device))
+    tensor = _CONSTANTS.get(key)
+    if tensor is None:
+        tensor = _CONSTANTS[key] = torch.tensor(key[0], dtype=torch.float32).to(device)
+    return tensor
+
+
 def model_inputs(scans: Sequence[np.ndarray], spec: Mapping, device, *, memory_format=None):
     """Model input (N, C, S, S) float32 on ``device`` for canonical uint8 scans (H, W) or (H, W, 3) of any
     sizes, as :func:`classeg.transforms.preprocess_for_model` computes it from ``spec`` (a model.json
@@ -67,17 +84,21 @@ def model_inputs(scans: Sequence[np.ndarray], spec: Mapping, device, *, memory_f
     a channel count the model cannot take."""
     import torch
 
-    from classeg.transforms import resize_tensor
+    from classeg.transforms import queued_copy, resize_tensor
 
     if not len(scans):
         raise ValueError("model_inputs needs at least one scan, got none")
     size, channels = int(spec["size"]), int(spec["channels"])
     out = torch.empty((len(scans), channels, size, size), dtype=torch.float32, device=device)
-    for shape, indices in shape_groups([scan.shape for scan in scans]).items():
+    groups = shape_groups([scan.shape for scan in scans])
+    for shape, indices in groups.items():
         values = _channels(_to_device([scans[i] for i in indices], device), channels) / 255.0
         if values.shape[-2:] != (size, size):
             values = resize_tensor(values, size=size, interpolation="bilinear")
-        out[torch.as_tensor(indices, device=device)] = values.expand(-1, channels, -1, -1)
+        # One shape (the usual batch) fills the whole output; index tensors go to CUDA queued, as the
+        # mean and std do (_constant), so that making the inputs never waits for the device.
+        where = slice(None) if len(groups) == 1 else queued_copy(torch.tensor(indices), device=device)
+        out[where] = values.expand(-1, channels, -1, -1)
     if spec.get("zscore"):
         flat = out.flatten(1)
         mean = flat.mean(dim=1)
@@ -85,8 +106,7 @@ def model_inputs(scans: Sequence[np.ndarray], spec: Mapping, device, *, memory_f
         std = torch.where(std < _ZSCORE_EPS, torch.ones_like(std), std)
         out = (out - mean[:, None, None, None]) / std[:, None, None, None]
     else:
-        mean = torch.as_tensor(spec["mean"], dtype=torch.float32, device=device)
-        std = torch.as_tensor(spec["std"], dtype=torch.float32, device=device)
+        mean, std = _constant(spec["mean"], device), _constant(spec["std"], device)
         if mean.numel() not in (1, channels) or std.numel() not in (1, channels):
             raise ValueError(f"mean/std need 1 or {channels} values, got {list(spec['mean'])}/{list(spec['std'])}")
         out = (out - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
@@ -130,10 +150,49 @@ def masks_at_sizes(probabilities, sizes: Sequence[tuple[int, int]], threshold: f
         if tuple(chosen.shape[-2:]) != size:
             chosen = F.interpolate(chosen, size=size, mode="bilinear", align_corners=False)
         binary = chosen[:, 0] >= threshold
-        boxes = _boxes(binary).cpu().numpy()
+        boxes = _boxes(binary).to("cpu", non_blocking=True)  # pinned, queued: the masks' copy waits for both
         host = binary.cpu().numpy()
+        boxes = boxes.numpy()
         for k, index in enumerate(indices):
             masks[index] = host[k]
             areas[index] = int(boxes[k, 0])
             bboxes[index] = [int(v) for v in boxes[k, 1:]] if boxes[k, 0] else None
     return DeviceMasks(masks=masks, areas=areas, bboxes=bboxes)
+
+
+class StageClock:
+    """Stage times on the device's own timeline, without making the host wait at each stage's end: on CUDA
+    each :meth:`mark` records an event on the current stream, and :meth:`close`, called once the host has
+    waited for the device anyway (a copy of results to the host), adds the time between consecutive events to
+    ``stages`` (a :class:`classeg.scoring.stages.StageTimes`). On the CPU, where an op's work is done when the
+    call returns, the times are the host clock's. Not thread-safe: one clock per batch and thread."""
+
+    def __init__(self, device, stages):
+        import torch
+
+        self._torch = torch
+        self._cuda = device.type == "cuda"
+        self._stages = stages
+        self._marks = [(None, self._now())]
+
+    def _now(self):
+        if not self._cuda:
+            return time.perf_counter()
+        event = self._torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def mark(self, stage: str) -> None:
+        """The work queued since the previous mark (or the clock's start) was ``stage``'s."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self._marks.append((stage, self._now()))
+
+    def close(self) -> None:
+        """Add the marked stages' seconds to ``stages`` (on CUDA waiting for the last mark, which the host
+        should already have waited past)."""
+        if self._cuda:
+            self._marks[-1][1].synchronize()
+        for (_, before), (stage, after) in zip(self._marks, self._marks[1:]):
+            self._stages.add(stage, before.elapsed_time(after) / 1000 if self._cuda else after - before)
+        self._marks = self._marks[-1:]

@@ -300,13 +300,6 @@ class ClassSegPredictor:
         with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
             return model(inputs).float()
 
-    def _sync(self) -> None:
-        """Wait for the device (CUDA runs asynchronously), so that each stage's time is its own."""
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def predict(self, scans: Sequence[np.ndarray], *, stages: StageTimes | None = None) -> list[Prediction]:
         """Class-Seg on one batch of canonical uint8 scans (H, W) or (H, W, 3) of any sizes (:meth:`prepare`):
         both models' inputs are made on the device, the classifier runs on all, the segmenter on the tumour
@@ -314,15 +307,19 @@ class ClassSegPredictor:
         (preprocess, classify, segment)."""
         import torch
 
+        from classeg.scoring.device import StageClock
+
         if not len(scans):
             return []
         stages = stages if stages is not None else StageTimes()
-        with stages.timed("preprocess"), torch.inference_mode():
+        clock = StageClock(self.device, stages)
+        with torch.inference_mode():
             inputs = self._inputs(self.classifier, scans)
-            self._sync()
-        with stages.timed("classify"):
+            clock.mark("preprocess")
             logits = self._forward(self.classifier.model, inputs)
             probabilities = torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32)
+            clock.mark("classify")
+        clock.close()
         del inputs
         tumor_probability = probabilities[:, self.tumor_indices].sum(axis=1)
         is_tumor = tumor_probability >= self.tumor_threshold
@@ -343,16 +340,19 @@ class ClassSegPredictor:
     def _segment(self, scans: Sequence[np.ndarray], stages: StageTimes) -> DeviceMasks:
         import torch
 
-        from classeg.scoring.device import masks_at_sizes
+        from classeg.scoring.device import StageClock, masks_at_sizes
 
         if self.segmenter is None:
             raise ValueError("this predictor has no segmenter")
-        with stages.timed("preprocess"), torch.inference_mode():
+        clock = StageClock(self.device, stages)
+        with torch.inference_mode():
             inputs = self._inputs(self.segmenter, scans)
-            self._sync()
-        with stages.timed("segment"), torch.inference_mode():
+            clock.mark("preprocess")
             probabilities = torch.sigmoid(self._forward(self.segmenter.model, inputs))[:, :1]
-            return masks_at_sizes(probabilities, [scan.shape[:2] for scan in scans], self.mask_threshold)
+            found = masks_at_sizes(probabilities, [scan.shape[:2] for scan in scans], self.mask_threshold)
+            clock.mark("segment")
+        clock.close()
+        return found
 
     def segment(self, scans: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Tumour masks (H, W) bool at each canonical uint8 scan's own size: the segmenter's per-pixel

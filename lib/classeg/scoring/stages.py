@@ -6,8 +6,10 @@ forward and softmax), ``segment`` (segmenter forward, masks resized back and thr
 to the host), ``encode`` (mask PNGs and the rows' DataFrame), ``write`` (the task waiting for Spark to take its
 rows: Arrow conversion and the Parquet write downstream, seen through back-pressure at each ``yield``).
 Fetch, decode and encode run in loader threads, the model stages in the task's thread, so the stages overlap
-and can sum to more than the wall time. Counts travel with them: ``images`` (scored by the models),
-``batches`` (model batches) and ``largest_batch`` (images in the largest one; a maximum, not a sum).
+and can sum to more than the wall time. On a GPU the model stages are timed on the device's own timeline
+(:class:`classeg.scoring.device.StageClock`, CUDA events), so that timing them does not make the host wait.
+Counts travel with them: ``images`` (scored by the models), ``batches`` (model batches) and ``largest_batch``
+(images in the largest one; a maximum, not a sum).
 
 A job sums its tasks' :class:`StageTimes` with a Spark accumulator (:func:`stage_accumulator`): the scores
 table's columns stay as they are. A retried task's attempts are all counted.

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from classeg.training.seeded import uniforms
-from classeg.transforms import AUGMENTATION_RANGES, augmentation_from_uniforms
+from classeg.transforms import AUGMENTATION_RANGES, augmentation_from_uniforms, queued_copy
 
 #: Standard deviation below which a z-scored image is only centred (as `classeg.transforms.zscore`).
 ZSCORE_EPS = 1e-6
@@ -68,16 +68,6 @@ def sampling_grid(theta, *, size: int, dtype, device):
     return torch.stack(rows, dim=-1)
 
 
-def _on_device(host, *, dtype, device):
-    """A small host tensor as ``dtype`` on ``device``, queued behind the work already there: on CUDA from
-    pinned memory with ``non_blocking``. (``Tensor.to(cuda)`` from pageable memory waits for the device to
-    finish everything queued before it, so the host thread could no longer run ahead of the device.)"""
-    host = host.to(dtype)
-    if device.type != "cuda":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
-
-
 def _check(images, masks, params) -> None:
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"images must be a square batch (N, C, S, S), got shape {tuple(images.shape)}")
@@ -103,7 +93,7 @@ def augment_batch(images, masks=None, *, params: Mapping[str, np.ndarray], scale
     host = np.empty((count, 8), dtype=np.float64)
     host[:, :6] = affine_matrices(params, dtype=np.float64).reshape(count, 6)
     host[:, 6], host[:, 7] = params["factor"], params["offset"] * scale
-    values = _on_device(torch.from_numpy(host), dtype=images.dtype, device=images.device)
+    values = queued_copy(torch.from_numpy(host), dtype=images.dtype, device=images.device)
     grid = sampling_grid(values[:, :6].view(count, 2, 3), size=images.shape[-1], dtype=images.dtype,
                          device=images.device)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -133,7 +123,7 @@ def normalize_batch(images, input_spec: Mapping[str, Any], *, scale: float = 1.0
         raise ValueError(f"input_spec mean/std have {len(mean)}/{len(std)} values, the images {channels} channels")
     # (x / scale - mean) / std as one multiply-add: x * (1 / (scale std)) - mean / std
     host = torch.tensor([[1.0 / (scale * s) for s in std], [-m / s for m, s in zip(mean, std)]], dtype=images.dtype)
-    gain, bias = _on_device(host, dtype=images.dtype, device=images.device).view(2, 1, channels, 1, 1)
+    gain, bias = queued_copy(host, dtype=images.dtype, device=images.device).view(2, 1, channels, 1, 1)
     return images.mul_(gain).add_(bias)
 
 
