@@ -38,8 +38,8 @@ HOROVOD_CYCLE_MS = {"cuda": "1", "cpu": "5"}
 #: fp16, the sum (DDP: of gradients divided by the world size first) is taken in fp16, and the result is cast
 #: back to fp32 before the optimizer step, the same on every rank. Values keep about 3 significant digits, and
 #: magnitudes below fp16's smallest normal (6e-5; 6e-8 subnormal) lose precision or become 0. Horovod has no
-#: bf16 reduction, so bf16 is not offered. Training on the CPU, DDP over Gloo gained from it and Horovod lost
-#: (BENCHMARKS.md, training throughput): Horovod's ranks warn.
+#: bf16 reduction, so bf16 is not offered. Training on the CPU it slowed Horovod down in every run and DDP over
+#: Gloo up in some runs and down in others (BENCHMARKS.md, training throughput): Horovod's ranks warn.
 GRAD_COMPRESSION = ("none", "fp16")
 
 
@@ -161,7 +161,7 @@ class HorovodCollectives(Collectives):
         _check_compression(compression)
         if compression == "fp16" and device.type == "cpu" and self.rank == 0:
             log.warning("train.grad_compression=fp16 with Horovod on the CPU: its fp16 allreduce was measured "
-                        "slower than fp32 there (BENCHMARKS.md, training throughput); the torch engine gains")
+                        "slower than fp32 there (BENCHMARKS.md, training throughput)")
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # distributed: rank 0's weights everywhere
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
