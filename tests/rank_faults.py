@@ -17,9 +17,9 @@ def _kill_when(path: Path, ready: Callable[[dict], bool] | None, killed: list, s
     while not stop.is_set() and not killed:
         stop.wait(0.05)
         if ready is None:  # at once, without the seconds that loading the checkpoint takes
-            checkpoint = {"epoch": None} if path.exists() else None
-            if checkpoint is None:
+            if not path.exists():
                 continue
+            checkpoint = {}
         else:
             checkpoint = _changed_checkpoint(path, mtime)
             if checkpoint is None:
@@ -31,7 +31,7 @@ def _kill_when(path: Path, ready: Callable[[dict], bool] | None, killed: list, s
             try:
                 if "gloo_exec_fn" in " ".join(process.cmdline()):
                     process.send_signal(signal.SIGKILL)
-                    killed.append({"epoch": checkpoint["epoch"], "micro": checkpoint.get("micro", 0),
+                    killed.append({"epoch": checkpoint.get("epoch"), "micro": checkpoint.get("micro", 0),
                                    "step": checkpoint.get("step"), "pid": process.pid})
                     return
             except psutil.Error:
@@ -55,7 +55,7 @@ def killing_a_rank(path: Path, ready: Callable[[dict], bool] | None = None):
     """While the body runs: once ``path`` (a ``last.pt``) exists, or with ``ready`` once it holds a checkpoint
     for which ``ready(checkpoint)`` holds, SIGKILL one Horovod training process (a descendant of this test
     process running horovod's gloo_exec_fn). Yields the list that then holds what was killed: that
-    checkpoint's epoch, micro and step (None without ``ready``: it is not loaded), and the pid."""
+    checkpoint's epoch, micro and step (not known without ``ready``: it is not loaded), and the pid."""
     killed: list = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_when, args=(Path(path), ready, killed, stop), daemon=True)

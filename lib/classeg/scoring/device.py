@@ -61,20 +61,6 @@ def _channels(batch, channels: int):
     return values
 
 
-# (values, device) -> a float32 tensor on the device: a model's normalisation constants, copied there once.
-_CONSTANTS: dict = {}
-
-
-def _constant(values: Sequence[float], device):
-    import torch
-
-    key = (tuple(float(v) for v in values), str(device))
-    tensor = _CONSTANTS.get(key)
-    if tensor is None:
-        tensor = _CONSTANTS[key] = torch.tensor(key[0], dtype=torch.float32).to(device)
-    return tensor
-
-
 def model_inputs(scans: Sequence[np.ndarray], spec: Mapping, device, *, memory_format=None):
     """Model input (N, C, S, S) float32 on ``device`` for canonical uint8 scans (H, W) or (H, W, 3) of any
     sizes, as :func:`classeg.transforms.preprocess_for_model` computes it from ``spec`` (a model.json
@@ -95,8 +81,8 @@ def model_inputs(scans: Sequence[np.ndarray], spec: Mapping, device, *, memory_f
         values = _channels(_to_device([scans[i] for i in indices], device), channels) / 255.0
         if values.shape[-2:] != (size, size):
             values = resize_tensor(values, size=size, interpolation="bilinear")
-        # One shape (the usual batch) fills the whole output; index tensors go to CUDA queued, as the
-        # mean and std do (_constant), so that making the inputs never waits for the device.
+        # One shape (the usual batch) fills the whole output; index tensors, like the mean and std below, go
+        # to the device queued (queued_copy), so that making the inputs never waits for it.
         where = slice(None) if len(groups) == 1 else queued_copy(torch.tensor(indices), device=device)
         out[where] = values.expand(-1, channels, -1, -1)
     if spec.get("zscore"):
@@ -106,7 +92,8 @@ def model_inputs(scans: Sequence[np.ndarray], spec: Mapping, device, *, memory_f
         std = torch.where(std < _ZSCORE_EPS, torch.ones_like(std), std)
         out = (out - mean[:, None, None, None]) / std[:, None, None, None]
     else:
-        mean, std = _constant(spec["mean"], device), _constant(spec["std"], device)
+        mean, std = (queued_copy(torch.tensor(spec[name], dtype=torch.float32), device=device)
+                     for name in ("mean", "std"))
         if mean.numel() not in (1, channels) or std.numel() not in (1, channels):
             raise ValueError(f"mean/std need 1 or {channels} values, got {list(spec['mean'])}/{list(spec['std'])}")
         out = (out - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
