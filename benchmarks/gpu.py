@@ -43,7 +43,9 @@ around the timed span):
   ``LocalCollectives``, the default config's ResNet18 recipe, augmentation on, the loader's fastest thread
   count) over that cache, the epochs after the first; then ``without_loader``: a few batches kept on the
   device, timed through ``ctx.inputs`` + ``train_step`` and through ``train_step`` alone (what the loader and
-  the augmentation each cost). Ratios to the ResNet18 train-step ceiling.
+  the augmentation each cost). Ratios to the ResNet18 train-step ceiling. On CUDA also
+  ``train_epoch_in_line``: the same epoch with the model input made on the training stream, only the copy on
+  the side stream (the library prepares it a batch ahead on the side stream: what that gains).
 - ``train_compiled``: the epoch again with ``train.compile`` (CUDA only; only if the run is not already late).
 
 The predictor and the training step run with the settings the library itself chooses (its own autocast,
@@ -488,12 +490,13 @@ def run_loader(runner: Runner, shards, spec: dict, sizes: Sizes) -> dict:
 
 # ---------------------------------------------------------------------------------------------- training epoch
 def run_train_epoch(runner: Runner, shards, spec: dict, sizes: Sizes, *, loader_threads: int,
-                    compile_model: bool = False, diagnose: bool = False) -> dict:
+                    compile_model: bool = False, diagnose: bool = False, prepare_ahead: bool | None = None) -> dict:
     """`classeg.training.loop.train_one_epoch` of the per-rank loop (``setup`` with ``LocalCollectives``, the
     default config's ResNet18 recipe with augmentation, the library's own device settings) over the cache:
     epoch 1 warms up (cuDNN autotuning, compilation), the next ``sizes.measured_epochs`` are measured (images
     over their seconds). ``diagnose``: then where the time goes, with the same model and optimizer
-    (`_resident_steps`)."""
+    (`_resident_steps`). ``prepare_ahead``: overrides the device settings' choice of where the model input is
+    made (`classeg.training.accel.prepared_ahead`); None keeps the library's."""
     import torch
 
     from classeg.config import load_config
@@ -511,6 +514,8 @@ def run_train_epoch(runner: Runner, shards, spec: dict, sizes: Sizes, *, loader_
                          run_id="gpu-bench", run_uri=run_dir, output=run_dir, resume=False, s3=None, config={},
                          fingerprint={})
         ctx, state = setup(plan, LocalCollectives())
+        if prepare_ahead is not None:
+            ctx.settings = dataclasses.replace(ctx.settings, prepare_ahead=prepare_ahead)
         log.info("train epoch: train_one_epoch, %d steps of %d at %d px on %s (%s)", ctx.micro_steps,
                  sizes.classifier_batch, sizes.classifier_size, ctx.device, ctx.settings.describe())
         probe = DtypeProbe(ctx.model.backbone.conv1)
@@ -527,6 +532,7 @@ def run_train_epoch(runner: Runner, shards, spec: dict, sizes: Sizes, *, loader_
                   "batch": sizes.classifier_batch, "image_size": sizes.classifier_size, "rows": shards.rows,
                   "first_epoch_seconds": first_epoch_seconds, "compile": compile_model,
                   "loader_threads": loader_threads, "device": str(ctx.device), "settings": ctx.settings.describe(),
+                  "prepare_ahead": ctx.settings.prepare_ahead,
                   "autocast_dtype": probe.close(), "loss_finite": all(map(math.isfinite, losses)),
                   "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
         if diagnose:
@@ -672,6 +678,8 @@ def _training_parts(runner: Runner, pool: list, sizes: Sizes, parts, started: fl
         written = _part("training cache", lambda: write_train_cache(Path(folder), pool, sizes))
         if isinstance(written, dict):  # an import failed: every part reports it
             results.update({part: written for part in ("loader", "train_epoch", "train_compiled") if part in parts})
+            if "train_epoch" in parts:
+                results["train_epoch_in_line"] = written
             return
         shards, spec = written
         threads = sizes.loader_threads
@@ -683,6 +691,14 @@ def _training_parts(runner: Runner, pool: list, sizes: Sizes, parts, started: fl
         if "train_epoch" in parts:
             results["train_epoch"] = _part("train_epoch", run_train_epoch, runner, shards, spec, sizes,
                                            loader_threads=threads, diagnose=True)
+            runner.release()
+            save()
+            # The same epoch with the model input made on the training stream (only the copy on the side
+            # stream): what preparing it ahead on the side stream gains.
+            results["train_epoch_in_line"] = (
+                _part("train_epoch", run_train_epoch, runner, shards, spec, sizes, loader_threads=threads,
+                      prepare_ahead=False) if runner.cuda
+                else {"skipped": "the CPU makes the model input in line anyway"})
             runner.release()
             save()
         if "train_compiled" in parts:
@@ -811,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      ceilings.get("resnet18_train_step", {})),
         # above 1: the loader (to the device, augmented) outruns the model, which then sets the pace
         "loader_to_resnet18_train_step": _ratio(result.get("loader", {}), ceilings.get("resnet18_train_step", {})),
+        "train_epoch_in_line_to_resnet18_train_step": _ratio(result.get("train_epoch_in_line", {}),
+                                                             ceilings.get("resnet18_train_step", {})),
         "train_compiled_to_resnet18_train_step": _ratio(result.get("train_compiled", {}),
                                                         ceilings.get("resnet18_train_step", {})),
         # the predictor's own model work: every scan classified, its segmented fraction segmented

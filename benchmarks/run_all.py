@@ -385,6 +385,8 @@ def summarise_gpu(result: dict) -> tuple[str, list[str]]:
     row("loader alone (host, pinned)", result.get("loader", {}).get("host"), None)
     row("loader to the device, augmented", result.get("loader"), ratios.get("loader_to_resnet18_train_step"))
     row("training epoch (per-rank loop)", epoch, ratios.get("train_epoch_to_resnet18_train_step"))
+    row("training epoch, input made on the training stream", result.get("train_epoch_in_line"),
+        ratios.get("train_epoch_in_line_to_resnet18_train_step"))
     row("training epoch, train.compile", compiled, ratios.get("train_compiled_to_resnet18_train_step"))
     row("loop without the loader: augmentation + step", diagnosis.get("augment_and_step"),
         ratios.get("train_augment_and_step_to_resnet18_train_step"))
@@ -755,10 +757,13 @@ BENCHMARKS = [
             "of tumour scans in a batch is tuned again), so scoring leaves it off. Run 3, the row-group gathers "
             "on their own threads: loader alone 24,405, epoch unchanged (9,772): the batch copy waited in line "
             "on the training stream. Run 4 (the table), batches copied one ahead on a side stream "
-            "(`classeg.training.accel.copied_ahead`): epoch 10,117 (0.77x), compiled 11,134 (0.85x), predictor "
-            "0.80x. What is left of the training gap: the augmentation on the training stream (0.91x without "
-            "the loader) and the host threads' share of the GIL beside the dispatching thread (0.77x with it); "
-            "`train.compile` (24 s to compile) takes most of it back. Published anchors for scale (NVIDIA "
+            "(now `classeg.training.accel.prepared_ahead`): epoch 10,117 (0.77x), compiled 11,134 (0.85x), "
+            "predictor 0.80x. What is left of the training gap: the augmentation on the training stream (0.91x "
+            "without the loader) and the host threads' share of the GIL beside the dispatching thread (0.77x with "
+            "it); `train.compile` (24 s to compile) takes most of it back. Since then (2026-12-07, not yet run on "
+            "a GPU) the model input is made a batch ahead on the side stream too, so its augmentation kernels "
+            "can run beside the step's; the row 'training epoch, input made on the training stream' is the "
+            "placement of run 4, measured in the same run. Published anchors for scale (NVIDIA "
             "DeepLearningExamples, ResNet50 v1.5 for PyTorch, pytorch-21.03 container): training on one A100 80GB "
             "with mixed precision 2,470 images/s, inference on one V100 at batch 256 with mixed precision 3,382 "
             "images/s; the ceilings here (ResNet50 train step 4,694, forward 15,574 on the H200) sit where an "

@@ -83,6 +83,8 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     assert epoch["loader_threads"] == loader["threads"]  # the sweep's fastest
     for name in ("augment_and_step", "step_only"):
         assert epoch["without_loader"][name]["images_per_sec"] > 0, name
+    assert epoch["prepare_ahead"] is False  # the CPU makes the model input in line
+    assert result["train_epoch_in_line"] == {"skipped": "the CPU makes the model input in line anyway"}
     assert result["train_compiled"] == {"skipped": "train.compile applies to CUDA devices only"}
 
     ratios = result["ratios"]
@@ -97,6 +99,7 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
                 + predictor["segmented_fraction"] / ceilings["resunet_forward"]["images_per_sec"])
     assert ratios["predictor_to_model_forward"] == pytest.approx(predictor["images_per_sec"] / work)
     assert ratios["train_compiled_to_resnet18_train_step"] is None
+    assert ratios["train_epoch_in_line_to_resnet18_train_step"] is None
 
 
 def test_models_limits_the_ceilings_and_the_json_is_saved_part_by_part(tmp_path):

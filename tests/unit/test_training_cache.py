@@ -393,3 +393,56 @@ def test_collate_gathers_rows_from_several_row_groups_in_batch_order(threads):
         assert torch.equal(batch["mask"][j], torch.from_numpy(group.mask[i]))
         assert (int(batch["scan_key"][j]), int(batch["label"][j])) == (group.scan_key[i], group.label[i])
     assert batch["image"].dtype == torch.uint8 and batch["scan_key"].dtype == torch.int64
+
+
+def test_prepared_ahead_on_the_cpu_prepares_each_batch_past_skip_in_order_and_closes_the_loader():
+    from classeg.training import accel
+
+    class Loader:
+        closed = False
+
+        def __init__(self, count):
+            self.batches = iter([{"image": torch.full((2, 1, 2, 2), k, dtype=torch.uint8),
+                                  "scan_key": torch.tensor([2 * k, 2 * k + 1])} for k in range(count)])
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.batches)
+
+        def close(self):
+            self.closed = True
+
+    made = []
+
+    def prepare(batch):
+        made.append(int(batch["image"][0, 0, 0, 0]))
+        return batch["image"].float() * 2, batch["scan_key"]
+
+    loader = Loader(5)
+    out = list(accel.prepared_ahead(loader, torch.device("cpu"), prepare, skip=2))
+    assert [int(batch["scan_key"][0]) for batch, _ in out] == [0, 2, 4, 6, 8]
+    assert [inputs for _, inputs in out[:2]] == [None, None]  # skipped: neither copied nor prepared
+    assert made == [2, 3, 4] and loader.closed
+    for k, (_, (images, keys)) in enumerate(out[2:], start=2):
+        assert torch.equal(images, torch.full((2, 1, 2, 2), 2.0 * k)) and keys.tolist() == [2 * k, 2 * k + 1]
+
+    loader = Loader(5)  # a consumer stopping early closes the loader too
+    ahead = accel.prepared_ahead(loader, torch.device("cpu"), prepare)
+    next(ahead)
+    ahead.close()
+    assert loader.closed
+
+
+def test_device_settings_on_the_cpu_are_the_bit_for_bit_reference():
+    from classeg.training import accel
+
+    settings = accel.settings_for(torch.device("cpu"), compile_model=True)
+    assert (settings.amp_dtype, settings.grad_scaler, settings.channels_last, settings.cudnn_benchmark,
+            settings.compile, settings.prepare_ahead) == (None, False, False, False, False, False)
+    assert settings.describe() == "fp32, contiguous, cudnn.benchmark off, compile off"
+    ahead = accel.DeviceSettings(amp_dtype=torch.bfloat16, grad_scaler=False, channels_last=True,
+                                 cudnn_benchmark=True, compile=False, prepare_ahead=True)
+    assert ahead.describe() == ("bfloat16, channels_last, cudnn.benchmark on, compile off, "
+                                "inputs prepared ahead on a side stream")

@@ -453,13 +453,15 @@ def train_one_epoch(ctx: RankContext, state: TrainState, epoch: int) -> tuple[fl
     keys = set() if recipe.record_shards and "train" not in ctx.scan_keys else None
     progress = EpochProgress(rank0=coll.rank == 0, total=ctx.micro_steps, epoch=epoch, epochs=recipe.epochs)
     source = _train_batches(plan, rank=coll.rank, size=coll.size, epoch=epoch, steps=ctx.micro_steps)
-    with contextlib.closing(accel.copied_ahead(source, ctx.device)) as batches:
-        for micro, batch in enumerate(batches):
+    ahead = accel.prepared_ahead(source, ctx.device, functools.partial(ctx.inputs, split="train", epoch=epoch),
+                                 skip=first, on_side_stream=ctx.settings.prepare_ahead)
+    with contextlib.closing(ahead) as batches:
+        for micro, (batch, inputs) in enumerate(batches):
             if keys is not None:
                 keys.update(int(k) for k in batch["scan_key"])
             if micro < first:
                 continue  # trained before the restart (the epoch's batch order depends on the seed alone)
-            images, target = ctx.inputs(batch, split="train", epoch=epoch)
+            images, target = inputs
             last_micro = (micro + 1) % accum == 0
             if micro % accum == 0:
                 ctx.schedule.apply(ctx.optimizer, state.step)
