@@ -45,7 +45,9 @@ around the timed span):
   device, timed through ``ctx.inputs`` + ``train_step`` and through ``train_step`` alone (what the loader and
   the augmentation each cost). Ratios to the ResNet18 train-step ceiling. On CUDA also
   ``train_epoch_in_line``: the same epoch with the model input made on the training stream, only the copy on
-  the side stream (the library prepares it a batch ahead on the side stream: what that gains).
+  the side stream (the library prepares it a batch ahead on the side stream: what that gains); everywhere
+  ``train_epoch_switch_interval``: the epoch with a tenth of Python's thread switch interval (what the
+  loader threads' hold on the GIL costs the thread that dispatches the step).
 - ``train_compiled``: the epoch again with ``train.compile`` (CUDA only; only if the run is not already late).
 
 The predictor and the training step run with the settings the library itself chooses (its own autocast,
@@ -91,6 +93,9 @@ GOALS = {"train_epoch_to_resnet18_train_step": 0.85, "predictor_to_model_forward
 #: The predictor's prepare runs on one CPU thread; this cap keeps the whole run well under 8 minutes if the
 #: machine's CPU is slower than expected (the scans it got through are reported).
 PREDICTOR_MAX_SECONDS = 90.0
+#: The interpreter's thread switch interval (seconds) of the train_epoch_switch_interval variant, a tenth of
+#: Python's default: a thread waiting for the GIL asks its holder to drop it after this long.
+PROBE_SWITCH_INTERVAL = 0.0005
 #: train_compiled (torch.compile's first epoch can take minutes) starts only this early into the run.
 COMPILE_START_BY = 240.0
 
@@ -490,13 +495,15 @@ def run_loader(runner: Runner, shards, spec: dict, sizes: Sizes) -> dict:
 
 # ---------------------------------------------------------------------------------------------- training epoch
 def run_train_epoch(runner: Runner, shards, spec: dict, sizes: Sizes, *, loader_threads: int,
-                    compile_model: bool = False, diagnose: bool = False, prepare_ahead: bool | None = None) -> dict:
+                    compile_model: bool = False, diagnose: bool = False, prepare_ahead: bool | None = None,
+                    switch_interval: float | None = None) -> dict:
     """`classeg.training.loop.train_one_epoch` of the per-rank loop (``setup`` with ``LocalCollectives``, the
     default config's ResNet18 recipe with augmentation, the library's own device settings) over the cache:
     epoch 1 warms up (cuDNN autotuning, compilation), the next ``sizes.measured_epochs`` are measured (images
     over their seconds). ``diagnose``: then where the time goes, with the same model and optimizer
     (`_resident_steps`). ``prepare_ahead``: overrides the device settings' choice of where the model input is
-    made (`classeg.training.accel.prepared_ahead`); None keeps the library's."""
+    made (`classeg.training.accel.prepared_ahead`); None keeps the library's. ``switch_interval``: the
+    interpreter's thread switch interval during the epochs (``sys.setswitchinterval``; restored after)."""
     import torch
 
     from classeg.config import load_config
@@ -519,20 +526,26 @@ def run_train_epoch(runner: Runner, shards, spec: dict, sizes: Sizes, *, loader_
         log.info("train epoch: train_one_epoch, %d steps of %d at %d px on %s (%s)", ctx.micro_steps,
                  sizes.classifier_batch, sizes.classifier_size, ctx.device, ctx.settings.describe())
         probe = DtypeProbe(ctx.model.backbone.conv1)
-        started = time.perf_counter()
-        train_one_epoch(ctx, state, 0)
-        runner.sync()
-        first_epoch_seconds = time.perf_counter() - started  # with cuDNN's autotuning (and compilation)
-        started = time.perf_counter()
-        losses, rates = zip(*(train_one_epoch(ctx, state, epoch) for epoch in range(1, epochs)))
-        runner.sync()
-        seconds = time.perf_counter() - started
+        default_interval = sys.getswitchinterval()
+        sys.setswitchinterval(switch_interval or default_interval)
+        try:
+            started = time.perf_counter()
+            train_one_epoch(ctx, state, 0)
+            runner.sync()
+            first_epoch_seconds = time.perf_counter() - started  # with cuDNN's autotuning (and compilation)
+            started = time.perf_counter()
+            losses, rates = zip(*(train_one_epoch(ctx, state, epoch) for epoch in range(1, epochs)))
+            runner.sync()
+            seconds = time.perf_counter() - started
+            interval = sys.getswitchinterval()
+        finally:
+            sys.setswitchinterval(default_interval)
         result = {"images_per_sec": shards.rows * (epochs - 1) / seconds, "epoch_images_per_sec": list(rates),
                   "seconds": seconds, "measured_epochs": epochs - 1, "steps": ctx.micro_steps,
                   "batch": sizes.classifier_batch, "image_size": sizes.classifier_size, "rows": shards.rows,
                   "first_epoch_seconds": first_epoch_seconds, "compile": compile_model,
                   "loader_threads": loader_threads, "device": str(ctx.device), "settings": ctx.settings.describe(),
-                  "prepare_ahead": ctx.settings.prepare_ahead,
+                  "prepare_ahead": ctx.settings.prepare_ahead, "switch_interval_s": interval,
                   "autocast_dtype": probe.close(), "loss_finite": all(map(math.isfinite, losses)),
                   "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
         if diagnose:
@@ -679,7 +692,7 @@ def _training_parts(runner: Runner, pool: list, sizes: Sizes, parts, started: fl
         if isinstance(written, dict):  # an import failed: every part reports it
             results.update({part: written for part in ("loader", "train_epoch", "train_compiled") if part in parts})
             if "train_epoch" in parts:
-                results["train_epoch_in_line"] = written
+                results["train_epoch_in_line"] = results["train_epoch_switch_interval"] = written
             return
         shards, spec = written
         threads = sizes.loader_threads
@@ -699,6 +712,13 @@ def _training_parts(runner: Runner, pool: list, sizes: Sizes, parts, started: fl
                 _part("train_epoch", run_train_epoch, runner, shards, spec, sizes, loader_threads=threads,
                       prepare_ahead=False) if runner.cuda
                 else {"skipped": "the CPU makes the model input in line anyway"})
+            runner.release()
+            save()
+            # ... and with a tenth of the thread switch interval: if the loader's threads holding the GIL keep
+            # the thread that dispatches the step waiting, this epoch is faster.
+            results["train_epoch_switch_interval"] = _part("train_epoch", run_train_epoch, runner, shards, spec,
+                                                           sizes, loader_threads=threads,
+                                                           switch_interval=PROBE_SWITCH_INTERVAL)
             runner.release()
             save()
         if "train_compiled" in parts:
@@ -829,6 +849,8 @@ def main(argv: list[str] | None = None) -> int:
         "loader_to_resnet18_train_step": _ratio(result.get("loader", {}), ceilings.get("resnet18_train_step", {})),
         "train_epoch_in_line_to_resnet18_train_step": _ratio(result.get("train_epoch_in_line", {}),
                                                              ceilings.get("resnet18_train_step", {})),
+        "train_epoch_switch_interval_to_resnet18_train_step": _ratio(result.get("train_epoch_switch_interval", {}),
+                                                                     ceilings.get("resnet18_train_step", {})),
         "train_compiled_to_resnet18_train_step": _ratio(result.get("train_compiled", {}),
                                                         ceilings.get("resnet18_train_step", {})),
         # the predictor's own model work: every scan classified, its segmented fraction segmented

@@ -387,6 +387,8 @@ def summarise_gpu(result: dict) -> tuple[str, list[str]]:
     row("training epoch (per-rank loop)", epoch, ratios.get("train_epoch_to_resnet18_train_step"))
     row("training epoch, input made on the training stream", result.get("train_epoch_in_line"),
         ratios.get("train_epoch_in_line_to_resnet18_train_step"))
+    row("training epoch, a tenth of the thread switch interval", result.get("train_epoch_switch_interval"),
+        ratios.get("train_epoch_switch_interval_to_resnet18_train_step"))
     row("training epoch, train.compile", compiled, ratios.get("train_compiled_to_resnet18_train_step"))
     row("loop without the loader: augmentation + step", diagnosis.get("augment_and_step"),
         ratios.get("train_augment_and_step_to_resnet18_train_step"))
@@ -763,7 +765,9 @@ BENCHMARKS = [
             "it); `train.compile` (24 s to compile) takes most of it back. Since then (2026-12-07, not yet run on "
             "a GPU) the model input is made a batch ahead on the side stream too, so its augmentation kernels "
             "can run beside the step's; the row 'training epoch, input made on the training stream' is the "
-            "placement of run 4, measured in the same run. Published anchors for scale (NVIDIA "
+            "placement of run 4, measured in the same run, and the row 'a tenth of the thread switch interval' "
+            "tells whether the loader threads' hold on the GIL keeps the dispatching thread waiting. Published "
+            "anchors for scale (NVIDIA "
             "DeepLearningExamples, ResNet50 v1.5 for PyTorch, pytorch-21.03 container): training on one A100 80GB "
             "with mixed precision 2,470 images/s, inference on one V100 at batch 256 with mixed precision 3,382 "
             "images/s; the ceilings here (ResNet50 train step 4,694, forward 15,574 on the H200) sit where an "

@@ -85,6 +85,10 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
         assert epoch["without_loader"][name]["images_per_sec"] > 0, name
     assert epoch["prepare_ahead"] is False  # the CPU makes the model input in line
     assert result["train_epoch_in_line"] == {"skipped": "the CPU makes the model input in line anyway"}
+    assert epoch["switch_interval_s"] == pytest.approx(0.005)  # Python's default
+    probed = result["train_epoch_switch_interval"]
+    assert probed["switch_interval_s"] == pytest.approx(0.0005) and probed["loss_finite"] is True
+    assert probed["images_per_sec"] == pytest.approx(16 / probed["seconds"])
     assert result["train_compiled"] == {"skipped": "train.compile applies to CUDA devices only"}
 
     ratios = result["ratios"]
@@ -100,6 +104,8 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     assert ratios["predictor_to_model_forward"] == pytest.approx(predictor["images_per_sec"] / work)
     assert ratios["train_compiled_to_resnet18_train_step"] is None
     assert ratios["train_epoch_in_line_to_resnet18_train_step"] is None
+    assert ratios["train_epoch_switch_interval_to_resnet18_train_step"] == pytest.approx(
+        probed["images_per_sec"] / ceilings["resnet18_train_step"]["images_per_sec"])
 
 
 def test_models_limits_the_ceilings_and_the_json_is_saved_part_by_part(tmp_path):
@@ -132,7 +138,7 @@ def test_a_missing_boto3_is_reported_and_the_run_goes_on():
     result = json.loads(run.stdout)
     assert result["ceilings"] == {}
     assert result["loader"]["images_per_sec"] > 0  # the loader needs neither Spark nor boto3
-    for part in ("predictor", "train_epoch"):
+    for part in ("predictor", "train_epoch", "train_epoch_switch_interval"):
         assert result[part]["error"].startswith("ModuleNotFoundError"), result[part]
         assert "boto" in result[part]["error"], result[part]
     assert set(result["ratios"].values()) == {None}  # no ceilings measured
