@@ -1,7 +1,7 @@
 """GPU ceilings of the classeg models, and how close the predictor and the per-rank training step get (issue 17).
 
     python benchmarks/gpu.py [--device auto|cpu|cuda] [--quick] [--scans 20000] [--seconds 12]
-                             [--parts checks,ceilings,predictor,loader,train_epoch,train_compiled]
+                             [--parts checks,ceilings,predictor,loader,dispatch,train_epoch,train_compiled]
                              [--models resnet18,resnet50,resunet] [--out PATH]
 
 Prints one JSON object on stdout (also written to ``--out``, after each part, so a run stopped at a time limit
@@ -39,6 +39,10 @@ around the timed span):
   `classeg.training.data.open_loader` (batches collated into pinned memory): ``host`` alone at each reader
   thread count of ``Sizes.loader_thread_sweep``, and ``to_device_augmented`` at the fastest, with the copy to
   the device and the batched augmentation and normalisation there (`classeg.training.augment.model_inputs`).
+- ``dispatch``: `benchmarks/dispatch.py` over that cache, its stand-in for the step's host side launching
+  tiny kernels on the device: beside the loader's threads against beside the same loader in a child process
+  (``threads_vs_process``: what the GIL costs the dispatching thread), the loader taken at the ResNet18
+  train-step ceiling's batches/s.
 - ``train_epoch``: `classeg.training.loop.train_one_epoch` of the per-rank loop (``loop.setup`` with
   ``LocalCollectives``, the default config's ResNet18 recipe, augmentation on, the loader's fastest thread
   count) over that cache, the epochs after the first; then ``without_loader``: a few batches kept on the
@@ -85,7 +89,9 @@ except ImportError:  # run from a checkout without `pip install -e .` (the GPU m
 log = logging.getLogger("benchmarks.gpu")
 
 DEVICES = ("auto", "cpu", "cuda")
-PARTS = ("checks", "ceilings", "predictor", "loader", "train_epoch", "train_compiled")
+PARTS = ("checks", "ceilings", "predictor", "loader", "dispatch", "train_epoch", "train_compiled")
+#: The dispatch part (benchmarks/dispatch.py): its span per measurement at most, and its rounds.
+DISPATCH_SECONDS, DISPATCH_ROUNDS = 2.0, 3
 MODELS = ("resnet18", "resnet50", "resunet")
 #: Goals from issue 17: the training step against the train-step ceiling, scoring against the model-only forward
 #: rate of the predictor's work (classifier on every scan, segmenter on the segmented ones).
@@ -553,6 +559,22 @@ def run_train_epoch(runner: Runner, shards, spec: dict, sizes: Sizes, *, loader_
     return result
 
 
+def run_dispatch(runner: Runner, shards, spec: dict, sizes: Sizes, *, threads: int, ceilings: dict) -> dict:
+    """`benchmarks/dispatch.py` over the training cache, its dispatching stand-in launching on the device: the
+    loader's threads against the same loader in a child process, beside a thread that only dispatches. The
+    loader is taken at the rate the ResNet18 train step consumes batches (its ceiling) where that was
+    measured, else at half its own rate."""
+    import importlib.util
+
+    spec_file = importlib.util.spec_from_file_location("benchmarks_dispatch", Path(__file__).with_name("dispatch.py"))
+    dispatch = sys.modules[spec_file.name] = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(dispatch)
+    step = ceilings.get("resnet18_train_step", {}).get("images_per_sec")
+    return dispatch.measure(shards.file_urls, rows=shards.rows, input_spec=spec, batch_size=sizes.classifier_batch,
+                            threads=threads, device=runner.device, seconds=min(sizes.seconds, DISPATCH_SECONDS),
+                            rounds=DISPATCH_ROUNDS, rate=step / sizes.classifier_batch if step else None)
+
+
 def _resident_steps(runner: Runner, ctx, shards, spec: dict, sizes: Sizes, threads: int) -> dict:
     """The loop's work with the loader taken away: a few cache batches collated once and kept on the device
     as uint8, then (a) ``ctx.inputs`` (the copy-free device augmentation and normalisation) plus the library's
@@ -690,7 +712,8 @@ def _training_parts(runner: Runner, pool: list, sizes: Sizes, parts, started: fl
         log.info("training cache: %d rows at %d px", sizes.train_rows, sizes.classifier_size)
         written = _part("training cache", lambda: write_train_cache(Path(folder), pool, sizes))
         if isinstance(written, dict):  # an import failed: every part reports it
-            results.update({part: written for part in ("loader", "train_epoch", "train_compiled") if part in parts})
+            results.update({part: written for part in ("loader", "dispatch", "train_epoch", "train_compiled")
+                            if part in parts})
             if "train_epoch" in parts:
                 results["train_epoch_in_line"] = results["train_epoch_switch_interval"] = written
             return
@@ -700,6 +723,10 @@ def _training_parts(runner: Runner, pool: list, sizes: Sizes, parts, started: fl
             results["loader"] = _part("loader", run_loader, runner, shards, spec, sizes)
             threads = results["loader"].get("threads", threads)
             runner.release()
+            save()
+        if "dispatch" in parts:
+            results["dispatch"] = _part("dispatch", run_dispatch, runner, shards, spec, sizes, threads=threads,
+                                        ceilings=results.get("ceilings", {}))
             save()
         if "train_epoch" in parts:
             results["train_epoch"] = _part("train_epoch", run_train_epoch, runner, shards, spec, sizes,
@@ -839,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = False
         runner.release()
         _save(result, args.out)
-    if set(args.parts) & {"loader", "train_epoch", "train_compiled"}:
+    if set(args.parts) & {"loader", "dispatch", "train_epoch", "train_compiled"}:
         _training_parts(runner, pool, sizes, args.parts, started, result, lambda: _save(result, args.out))
     result["ratios"] = {
         "predictor_to_resnet18_forward": _ratio(result.get("predictor", {}), ceilings.get("resnet18_forward", {})),

@@ -317,6 +317,25 @@ def summarise_train_throughput(result: dict) -> tuple[str, list[str]]:
     return headline, lines
 
 
+def summarise_dispatch(result: dict) -> tuple[str, list[str]]:
+    """A dispatching thread's rate alone, beside the loader's threads, beside the same loader in a process."""
+    ops, batches = result["ops_per_sec"], result["loader_batches_per_sec"]
+    labels = {"alone": "alone", "loader_threads": "beside the loader on threads of its process",
+              "loader_process": "beside the same loader in a child process"}
+    rows = [[labels[name], _fmt(ops[name]), _fmt(batches.get(name, "-")), _fmt(ops[name] / ops["alone"])]
+            for name in labels]
+    lines = _table(["dispatching thread", "operations/s (median)", "loader batches/s", "to alone"], rows)
+    lines += ["", f"Per round (median of {len(result['rounds'])}): threads / process "
+                  f"{_fmt(result['threads_vs_process'])}x, process / alone {_fmt(result['process_vs_alone'])}x; "
+                  f"the loader taken at {_fmt(result['rate_requested'])} batches/s of {result['batch_size']} at "
+                  f"{result['image_size']} px ({_fmt(result['loader_alone_batches_per_sec'])} alone), "
+                  f"{result['threads']} reader threads."]
+    headline = (f"beside the loader's threads the dispatching thread runs at **{_fmt(result['threads_vs_process'])}x** "
+                f"its rate beside the same loader in a process (the GIL's share); the cores' share "
+                f"{_fmt(result['process_vs_alone'])}x")
+    return headline, lines
+
+
 def summarise_loader(result: dict) -> tuple[str, list[str]]:
     """One rank's loader from the decoded cache, per core, against the old per-image path; the batched
     augmentation on the CPU against the old numpy augmentation."""
@@ -593,6 +612,23 @@ BENCHMARKS = [
             "(the GPU section says why): 3,937 images/s per core (2,662 on 2026-12-03), the batched CPU "
             "augmentation 4.93x the old path in the same process (6.37x before: the old path measured 108 "
             "images/s per core this time against 45), 5.78x the issue's 92.")),
+    Benchmark(
+        name="dispatch", script="dispatch.py",
+        title="The loader's threads beside the thread that dispatches the step (the GIL's share)",
+        baseline="the same loader, taken at the same batches/s, in a child process (and no loader at all)",
+        summarise=summarise_dispatch,
+        method=(
+            "`benchmarks/dispatch.py` with its defaults: a stand-in for a training step's host side (in-place "
+            "adds on a one-element CPU tensor, each releasing and retaking the GIL as a kernel launch does) "
+            "timed alone, beside `classeg.training.cache.open_pass` (2 reader threads, batches of 256 at 224 px "
+            "from 2,048 decoded synthetic rows in files of 128) running on threads of the same process, and "
+            "beside the same loader in a forked child process; the loader is taken at half the batches/s it "
+            "delivers alone, without catching up when late, so both variants put the same work on the cores. "
+            "Five rounds of 3 s per variant, the order rotated each round; medians. threads / process is what "
+            "sharing the interpreter costs, apart from the cores: the part of the GPU epoch's gap (0.77x with "
+            "the loader, 0.91x without, GPU section) that reader processes could take back; on this 2-core VM "
+            "the cores' share is large, on the 16-core GPU machine it should be about 1 "
+            "(`benchmarks/gpu.py` runs the same measurement there with the launches on the GPU).")),
     Benchmark(
         name="train_quality", script="train_quality.py", title="Training quality (synthetic data)",
         baseline="the training recipe before the 12.4 change (the `baseline` rows; mni on another seed's table)",

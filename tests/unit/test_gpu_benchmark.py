@@ -3,6 +3,7 @@ every measurement; without CUDA it skips; a missing boto3 (as on the GPU machine
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     assert "skipped" not in result
     assert (result["torch"], result["device"], result["device_type"]) == (torch.__version__, "cpu", "cpu")
     assert result["capability"] is None and result["bf16"] is None
-    assert result["parts"] == ["checks", "ceilings", "predictor", "loader", "train_epoch", "train_compiled"]
+    assert result["parts"] == ["checks", "ceilings", "predictor", "loader", "dispatch", "train_epoch",
+                               "train_compiled"]
     assert result["torch_threads"] == 1  # --quick
 
     ceilings = result["ceilings"]
@@ -74,6 +76,18 @@ def test_quick_cpu_run_reports_every_measurement(tmp_path):
     for stage in ("host", "to_device_augmented"):
         assert loader[stage]["images"] == 16, stage  # one whole pass of the 16-row cache
         assert loader[stage]["images_per_sec"] == pytest.approx(16 / loader[stage]["seconds"])
+
+    dispatch = result["dispatch"]
+    assert (dispatch["device"], dispatch["batch_size"], dispatch["rows"], dispatch["image_size"]) == ("cpu", 4, 16, 64)
+    assert dispatch["threads"] == loader["threads"] and len(dispatch["rounds"]) == 3
+    # taken at the ResNet18 train step's batches/s (its ceiling), the same in both loader variants
+    assert dispatch["rate_requested"] == pytest.approx(ceilings["resnet18_train_step"]["images_per_sec"] / 4)
+    for variant in ("alone", "loader_threads", "loader_process"):
+        assert dispatch["ops_per_sec"][variant] > 0, variant
+    for variant in ("loader_threads", "loader_process"):
+        assert dispatch["loader_batches_per_sec"][variant] > 0, variant  # the loader really ran beside it
+    assert dispatch["threads_vs_process"] == pytest.approx(statistics.median(
+        r["loader_threads"]["ops_per_sec"] / r["loader_process"]["ops_per_sec"] for r in dispatch["rounds"]))
 
     epoch = result["train_epoch"]
     assert epoch["images_per_sec"] > 0 and epoch["loss_finite"] is True
