@@ -628,7 +628,10 @@ BENCHMARKS = [
             "sharing the interpreter costs, apart from the cores: the part of the GPU epoch's gap (0.77x with "
             "the loader, 0.91x without, GPU section) that reader processes could take back; on this 2-core VM "
             "the cores' share is large, on the 16-core GPU machine it should be about 1 "
-            "(`benchmarks/gpu.py` runs the same measurement there with the launches on the GPU).")),
+            "(`benchmarks/gpu.py` runs the same measurement there with the launches on the GPU). Noisy here: the "
+            "recorded run's per-round threads / process ratios were 1.02, 0.90, 0.91, 0.93 and 0.89, and "
+            "ad-hoc runs of the loader's parts alone on threads (file reads only, collation only) ranged from "
+            "0.67x to 1.47x round to round, so this VM cannot say which part holds the interpreter.")),
     Benchmark(
         name="train_quality", script="train_quality.py", title="Training quality (synthetic data)",
         baseline="the training recipe before the 12.4 change (the `baseline` rows; mni on another seed's table)",
