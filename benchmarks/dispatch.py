@@ -28,6 +28,7 @@ The cache: synthetic 256 px scans (``benchmarks/gpu.py``'s phantom pool) decoded
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -91,42 +92,42 @@ def dispatch_rate(torch, device, seconds: float) -> float:
     return ops / (time.perf_counter() - started)
 
 
-def _beside(variant: str, loader: dict, torch, device, seconds: float) -> dict:
-    """The dispatch rate with the loader beside it as ``variant`` says, and the batches/s the loader took."""
-    if variant == "alone":
-        return {"ops_per_sec": dispatch_rate(torch, device, seconds)}
+@contextlib.contextmanager
+def _loader_running(loader: dict, *, in_process: bool):
+    """`paced_passes` of ``loader`` on a thread of this process or in a forked child; yields a function giving
+    the batches taken so far. Stopped and joined on leaving."""
     context = multiprocessing.get_context("fork")
     stop, delivered = context.Event(), context.Value("q", 0)
-    runner = (context.Process if variant == "loader_process" else threading.Thread)(
+    runner = (context.Process if in_process else threading.Thread)(
         target=paced_passes, kwargs={**loader, "stop": stop, "delivered": delivered}, daemon=True)
     runner.start()
     try:
         time.sleep(LOADER_WARMUP)
-        before, started = delivered.value, time.perf_counter()
-        rate = dispatch_rate(torch, device, seconds)
-        batches = (delivered.value - before) / (time.perf_counter() - started)
+        yield lambda: delivered.value
     finally:
         stop.set()
         runner.join(timeout=60)
-    if variant == "loader_process" and runner.exitcode not in (0, None):
+    if in_process and runner.exitcode not in (0, None):
         raise RuntimeError(f"the loader process exited with {runner.exitcode}")
+
+
+def _beside(variant: str, loader: dict, torch, device, seconds: float) -> dict:
+    """The dispatch rate with the loader beside it as ``variant`` says, and the batches/s the loader took."""
+    if variant == "alone":
+        return {"ops_per_sec": dispatch_rate(torch, device, seconds)}
+    with _loader_running(loader, in_process=variant == "loader_process") as taken:
+        before, started = taken(), time.perf_counter()
+        rate = dispatch_rate(torch, device, seconds)
+        batches = (taken() - before) / (time.perf_counter() - started)
     return {"ops_per_sec": rate, "loader_batches_per_sec": batches}
 
 
 def loader_rate(loader: dict, seconds: float) -> float:
     """Batches per second the loader delivers alone, taken as fast as they come, on a thread of this process."""
-    stop, delivered = threading.Event(), multiprocessing.get_context("fork").Value("q", 0)
-    runner = threading.Thread(target=paced_passes, kwargs={**loader, "rate": None, "stop": stop,
-                                                           "delivered": delivered}, daemon=True)
-    runner.start()
-    try:
-        time.sleep(LOADER_WARMUP)
-        before, started = delivered.value, time.perf_counter()
+    with _loader_running({**loader, "rate": None}, in_process=False) as taken:
+        before, started = taken(), time.perf_counter()
         time.sleep(seconds)
-        return (delivered.value - before) / (time.perf_counter() - started)
-    finally:
-        stop.set()
-        runner.join(timeout=60)
+        return (taken() - before) / (time.perf_counter() - started)
 
 
 def measure(urls, *, rows: int, input_spec: dict, batch_size: int, threads: int, device, seconds: float,
@@ -168,11 +169,8 @@ def write_cache(folder: Path, *, scans: int, image_size: int) -> tuple[list[str]
     """``scans`` rows of decoded synthetic scans at ``image_size`` (gpu.py's phantom pool, cycled), 128 rows a
     file. Returns (the file URLs, the input spec)."""
     import dataclasses
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("benchmarks_gpu", Path(__file__).with_name("gpu.py"))
-    gpu = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up there
-    spec.loader.exec_module(gpu)
+    import gpu  # benchmarks/gpu.py, beside this script
     sizes = dataclasses.replace(gpu.Sizes(), classifier_size=image_size, train_rows=scans, phantoms=64)
     shards, input_spec = gpu.write_train_cache(folder, gpu.phantom_pool(sizes.phantoms, sizes.scan_size), sizes)
     return list(shards.file_urls), input_spec

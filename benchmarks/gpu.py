@@ -564,11 +564,10 @@ def run_dispatch(runner: Runner, shards, spec: dict, sizes: Sizes, *, threads: i
     loader's threads against the same loader in a child process, beside a thread that only dispatches. The
     loader is taken at the rate the ResNet18 train step consumes batches (its ceiling) where that was
     measured, else at half its own rate."""
-    import importlib.util
-
-    spec_file = importlib.util.spec_from_file_location("benchmarks_dispatch", Path(__file__).with_name("dispatch.py"))
-    dispatch = sys.modules[spec_file.name] = importlib.util.module_from_spec(spec_file)
-    spec_file.loader.exec_module(dispatch)
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:  # run with runpy, as the tests do, the script's folder is not on the path
+        sys.path.insert(0, here)
+    import dispatch
     step = ceilings.get("resnet18_train_step", {}).get("images_per_sec")
     return dispatch.measure(shards.file_urls, rows=shards.rows, input_spec=spec, batch_size=sizes.classifier_batch,
                             threads=threads, device=runner.device, seconds=min(sizes.seconds, DISPATCH_SECONDS),
