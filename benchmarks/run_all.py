@@ -308,12 +308,29 @@ def summarise_train_throughput(result: dict) -> tuple[str, list[str]]:
         lines += ["", "With `train.grad_compression=fp16` (not the default; gradients averaged in fp16): "
                   + "; ".join(f"{run['image_size']} px Horovod {_fmt(run['horovod_fp16_vs_plain'])}x, torch "
                               f"{_fmt(run['torch_fp16_vs_plain'])}x the plain loop" for run in result["sizes"]) + "."]
+    shown = {"horovod", "torch", "horovod_fp16", "torch_fp16"}
+    others = [f"{run['image_size']} px {key.removesuffix('_vs_plain')} {_fmt(value)}x"
+              + (f" (per-round median {_fmt(run[key + '_paired'])}x)" if key + "_paired" in run else "")
+              for run in result["sizes"] for key, value in run.items()
+              if key.endswith("_vs_plain") and key.removesuffix("_vs_plain") not in shown]
+    if others:
+        lines += ["", "Other variants against the plain loop (outside the goal): " + "; ".join(others) + "."]
     goal = result.get("goal", 0.85)
     low_h, low_t = result["min_horovod_vs_plain"], result["min_torch_vs_plain"]
     met = low_h >= goal and low_t >= goal
+    paired = ""
+    if "min_horovod_vs_plain_paired" in result:  # since 2026-12-07: each round's runs against its own plain run
+        low_hp, low_tp = result["min_horovod_vs_plain_paired"], result["min_torch_vs_plain_paired"]
+        met = met and low_hp >= goal and low_tp >= goal
+        paired = f"; per-round ratios' median Horovod {_fmt(low_hp)}x, TorchDistributor {_fmt(low_tp)}x"
+        lines += ["", "Per round (each engine's run against the plain loop's run of the same round): "
+                  + "; ".join(f"{run['image_size']} px Horovod "
+                              f"{', '.join(_fmt(r) for r in run['horovod_vs_plain_per_round'])}, torch "
+                              f"{', '.join(_fmt(r) for r in run['torch_vs_plain_per_round'])}"
+                              for run in result["sizes"]) + "."]
     headline = (f"Horovod **{_fmt(low_h)}x**, TorchDistributor **{_fmt(low_t)}x** the plain loop (lowest over "
-                f"{', '.join(str(run['image_size']) for run in result['sizes'])} px; goal {goal}x: "
-                f"{'met' if met else 'not met'})")
+                f"{', '.join(str(run['image_size']) for run in result['sizes'])} px{paired}; goal {goal}x"
+                f"{', by both' if paired else ''}: {'met' if met else 'not met'})")
     return headline, lines
 
 
