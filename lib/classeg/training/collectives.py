@@ -30,9 +30,10 @@ DDP_BUCKET_MB = 50
 #: Horovod's background thread negotiates with the other ranks once per cycle (ms), busy or not. On a GPU a short
 #: cycle (Horovod's default, 1 ms) starts fused allreduces as soon as the backward pass has produced the
 #: gradients, on spare host cores. Training on the CPU that thread takes its core from the rank's compute: 2
-#: processes on 2 cores trained faster at 5 ms than at 1 ms (BENCHMARKS.md, training throughput). A
-#: HOROVOD_CYCLE_TIME in the rank's environment wins.
-HOROVOD_CYCLE_MS = {"cuda": "1", "cpu": "5"}
+#: processes on 2 cores trained faster at 5 ms than at 1 ms, and faster again at 25 ms (a step there takes
+#: 0.4 s or more, so waiting up to one cycle for the last gradients costs little; 100 ms was slower). See
+#: BENCHMARKS.md, training throughput. A HOROVOD_CYCLE_TIME in the rank's environment wins.
+HOROVOD_CYCLE_MS = {"cuda": "1", "cpu": "25"}
 #: ``train.grad_compression``: the dtype gradients travel in between ranks. ``fp16`` halves the bytes of every
 #: allreduce (Horovod's ``Compression.fp16``, DDP's ``fp16_compress_hook``): each rank casts its gradients to
 #: fp16, the sum (DDP: of gradients divided by the world size first) is taken in fp16, and the result is cast
