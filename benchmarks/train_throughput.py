@@ -35,7 +35,8 @@ ENGINES = ("horovod", "torch")  # the goal's: the default train.grad_compression
 VARIANTS = {"horovod": ("horovod", "none"), "torch": ("torch", "none"), "horovod_fp16": ("horovod", "fp16"),
             "torch_fp16": ("torch", "fp16")}
 #: And ``horovod_cycle<N>`` (any N, e.g. horovod_cycle5): Horovod with HOROVOD_CYCLE_TIME=N ms in the driver's
-#: environment, which the engine passes to the ranks instead of its own choice.
+#: environment, which the engine passes to the ranks instead of its own choice. Every other variant runs without
+#: one (a HOROVOD_CYCLE_TIME in this script's environment is set aside), so ``horovod`` is the library's default.
 CYCLE_PREFIX = "horovod_cycle"
 
 
